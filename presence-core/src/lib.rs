@@ -1,0 +1,19 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod error;
+mod ids;
+mod meta;
+mod store;
+mod time;
+mod types;
+
+pub use error::{Error, Result};
+pub use ids::{ConnectionId, MAX_ID_BYTES, MemberId, PresenceKey, Topic};
+pub use meta::{DEFAULT_MAX_META_BYTES, Meta};
+pub use store::{EventStream, MAX_BATCH_KEYS, PresenceStore, PresenceStoreExt, check_batch};
+pub use time::{Clock, ManualClock, SystemClock, Timestamp, system_clock};
+pub use types::{Connection, Counts, Departure, Entry, Event, Joined, Member, Reason};
+
+/// Re-exported so backends and apps name the same `serde_json`.
+pub use serde_json;

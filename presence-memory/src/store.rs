@@ -1,0 +1,395 @@
+//! `MemoryStore`: the `PresenceStore` contract over sharded in-process maps.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use presence_core::{
+    Clock, ConnectionId, Counts, Departure, Entry, Error, Event, EventStream, Joined, Member,
+    MemberId, Meta, PresenceKey, PresenceStore, Reason, Result, Timestamp, Topic, check_batch,
+};
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::MemoryConfig;
+use crate::index::MemberShard;
+use crate::topic::{TopicShard, Upserted, leave_events};
+
+/// The in-process store: every call completes under one short lock of the
+/// topic's shard, so unrelated topics never contend and no call awaits.
+///
+/// Cloning is cheap and clones share the same entries.
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: MemoryConfig,
+    topics: Box<[Mutex<TopicShard>]>,
+    members: Box<[Mutex<MemberShard>]>,
+    shard_hasher: foldhash::fast::RandomState,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // No code path panics while holding a shard lock, and a poisoned shard
+    // still holds consistent maps: keep serving.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl MemoryStore {
+    /// A store with the default configuration.
+    pub fn new() -> Self {
+        Self::with_config(MemoryConfig::default())
+    }
+
+    /// A store with `config`.
+    pub fn with_config(config: MemoryConfig) -> Self {
+        let shards = config.shards.max(1);
+        Self {
+            inner: Arc::new(Inner {
+                topics: (0..shards).map(|_| Mutex::default()).collect(),
+                members: (0..shards).map(|_| Mutex::default()).collect(),
+                shard_hasher: foldhash::fast::RandomState::default(),
+                config,
+            }),
+        }
+    }
+
+    /// The configuration the store was built with.
+    pub fn config(&self) -> &MemoryConfig {
+        &self.inner.config
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inner {
+    fn now(&self) -> i64 {
+        self.config.clock.now().as_millis()
+    }
+
+    fn shard_of(&self, name: &str, shards: usize) -> usize {
+        (self.shard_hasher.hash_one(name) % shards as u64) as usize
+    }
+
+    fn topic_shard(&self, topic: &str) -> MutexGuard<'_, TopicShard> {
+        lock(&self.topics[self.shard_of(topic, self.topics.len())])
+    }
+
+    fn member_shard(&self, member: &str) -> MutexGuard<'_, MemberShard> {
+        lock(&self.members[self.shard_of(member, self.members.len())])
+    }
+
+    /// Takes removed entries out of the member index and tells the topic's
+    /// subscribers. Called with the topic's shard locked, so the index and
+    /// the events follow the same order as the entries.
+    fn departed(&self, shard: &mut TopicShard, topic: &Topic, departures: &[Departure]) {
+        for departure in departures {
+            self.member_shard(&departure.entry.key.member)
+                .remove(&departure.entry.key);
+        }
+        if !departures.is_empty() {
+            shard.emit(topic, || leave_events(departures));
+        }
+    }
+
+    fn join(&self, key: &PresenceKey, meta: Meta, max_members: Option<u32>) -> Result<Joined> {
+        meta.check_size(self.config.max_meta_bytes)?;
+        let now = self.now();
+        let mut shard = self.topic_shard(&key.topic);
+        if let Some(max_members) = max_members
+            && shard.is_full_for(&key.topic, &key.member, max_members)
+        {
+            return Err(Error::TopicFull {
+                topic: key.topic.clone(),
+                max_members,
+            });
+        }
+        match shard.upsert(key, meta, now) {
+            Upserted::Created {
+                entry,
+                first_for_member,
+            } => {
+                self.member_shard(&key.member).add(key);
+                shard.emit(&key.topic, || {
+                    vec![Event::Join {
+                        entry: entry.clone(),
+                        first_for_member,
+                    }]
+                });
+                Ok(Joined {
+                    entry,
+                    first_for_member,
+                    was_present: false,
+                })
+            }
+            Upserted::Refreshed {
+                entry,
+                meta_changed,
+            } => {
+                if meta_changed {
+                    shard.emit(&key.topic, || {
+                        vec![Event::Update {
+                            entry: entry.clone(),
+                        }]
+                    });
+                }
+                Ok(Joined {
+                    entry,
+                    first_for_member: false,
+                    was_present: true,
+                })
+            }
+        }
+    }
+
+    /// Removes the connections of `member` in `topic` that `doomed` picks.
+    fn remove_member(
+        &self,
+        topic: &Topic,
+        member: &MemberId,
+        reason: Reason,
+        doomed: impl FnMut(&crate::topic::ConnState) -> bool,
+    ) -> Vec<Departure> {
+        let mut shard = self.topic_shard(topic);
+        let departures = shard.remove_member_where(topic, member, reason, doomed);
+        self.departed(&mut shard, topic, &departures);
+        departures
+    }
+
+    /// Sweeps one topic of a locked shard.
+    fn sweep_locked(
+        &self,
+        shard: &mut TopicShard,
+        topic: &Topic,
+        older_than: i64,
+    ) -> Vec<Departure> {
+        if !shard.may_expire(topic, older_than) {
+            return Vec::new();
+        }
+        let departures = shard.remove_where(topic, Reason::Expired, |_, conn| {
+            conn.last_seen_at < older_than
+        });
+        self.departed(shard, topic, &departures);
+        departures
+    }
+}
+
+fn by_key(departures: &mut [Departure]) {
+    departures.sort_by(|a, b| a.entry.key.cmp(&b.entry.key));
+}
+
+#[async_trait]
+impl PresenceStore for MemoryStore {
+    async fn join(&self, key: &PresenceKey, meta: Meta) -> Result<Joined> {
+        self.inner.join(key, meta, None)
+    }
+
+    async fn join_limited(
+        &self,
+        key: &PresenceKey,
+        meta: Meta,
+        max_members: u32,
+    ) -> Result<Joined> {
+        self.inner.join(key, meta, Some(max_members))
+    }
+
+    async fn update(&self, key: &PresenceKey, meta: Meta) -> Result<Option<Entry>> {
+        meta.check_size(self.inner.config.max_meta_bytes)?;
+        let now = self.inner.now();
+        let mut shard = self.inner.topic_shard(&key.topic);
+        let Some(conn) = shard.refresh(key, Some(meta), now) else {
+            return Ok(None);
+        };
+        let entry = conn.entry(&key.topic, &key.member);
+        shard.emit(&key.topic, || {
+            vec![Event::Update {
+                entry: entry.clone(),
+            }]
+        });
+        Ok(Some(entry))
+    }
+
+    async fn touch(&self, key: &PresenceKey) -> Result<bool> {
+        let now = self.inner.now();
+        Ok(self
+            .inner
+            .topic_shard(&key.topic)
+            .refresh(key, None, now)
+            .is_some())
+    }
+
+    async fn touch_many(&self, keys: &[PresenceKey]) -> Result<Vec<PresenceKey>> {
+        check_batch(keys)?;
+        let now = self.inner.now();
+        let mut absent: Vec<PresenceKey> = keys
+            .iter()
+            .filter(|key| {
+                self.inner
+                    .topic_shard(&key.topic)
+                    .refresh(key, None, now)
+                    .is_none()
+            })
+            .cloned()
+            .collect();
+        if absent.len() > 1 {
+            let mut seen = HashSet::with_capacity(absent.len());
+            absent.retain(|key| seen.insert(key.clone()));
+        }
+        Ok(absent)
+    }
+
+    async fn leave(&self, key: &PresenceKey) -> Result<Option<Departure>> {
+        let mut departures =
+            self.inner
+                .remove_member(&key.topic, &key.member, Reason::Left, |conn| {
+                    conn.id == key.connection
+                });
+        Ok(departures.pop())
+    }
+
+    async fn leave_member(&self, topic: &Topic, member: &MemberId) -> Result<Vec<Departure>> {
+        Ok(self
+            .inner
+            .remove_member(topic, member, Reason::Left, |_| true))
+    }
+
+    async fn disconnect(
+        &self,
+        member: &MemberId,
+        connection: &ConnectionId,
+    ) -> Result<Vec<Departure>> {
+        // Read the index, then remove topic by topic: a join that lands after
+        // the read is ordered after this disconnect.
+        let topics = self
+            .inner
+            .member_shard(member)
+            .topics_of_connection(member, connection);
+        let mut departures = Vec::new();
+        for topic in topics {
+            departures.extend(self.inner.remove_member(
+                &topic,
+                member,
+                Reason::Disconnected,
+                |conn| conn.id == *connection,
+            ));
+        }
+        by_key(&mut departures);
+        Ok(departures)
+    }
+
+    async fn members(&self, topic: &Topic) -> Result<Vec<Member>> {
+        let mut members: Vec<Member> = {
+            let shard = self.inner.topic_shard(topic);
+            let Some(state) = shard.topics.get(topic.as_str()) else {
+                return Ok(Vec::new());
+            };
+            state
+                .members
+                .iter()
+                .map(|(member, connections)| member_view(topic, member, connections))
+                .collect()
+        };
+        members.sort_by(|a, b| (a.joined_at, &a.member).cmp(&(b.joined_at, &b.member)));
+        Ok(members)
+    }
+
+    async fn member(&self, topic: &Topic, member: &MemberId) -> Result<Option<Member>> {
+        let shard = self.inner.topic_shard(topic);
+        Ok(shard
+            .topics
+            .get(topic.as_str())
+            .and_then(|state| state.members.get_key_value(member.as_str()))
+            .map(|(member, connections)| member_view(topic, member, connections)))
+    }
+
+    async fn count(&self, topic: &Topic) -> Result<Counts> {
+        Ok(self.inner.topic_shard(topic).counts(topic))
+    }
+
+    async fn sweep(&self, topic: &Topic, older_than: Timestamp) -> Result<Vec<Departure>> {
+        let mut shard = self.inner.topic_shard(topic);
+        Ok(self
+            .inner
+            .sweep_locked(&mut shard, topic, older_than.as_millis()))
+    }
+
+    async fn sweep_all(&self, older_than: Timestamp) -> Result<Vec<Departure>> {
+        let older_than = older_than.as_millis();
+        let mut departures = Vec::new();
+        for shard in self.inner.topics.iter() {
+            let mut shard = lock(shard);
+            for topic in shard.due_for_sweep(older_than) {
+                departures.extend(self.inner.sweep_locked(&mut shard, &topic, older_than));
+            }
+        }
+        by_key(&mut departures);
+        Ok(departures)
+    }
+
+    async fn topics_of(&self, member: &MemberId) -> Result<Vec<Topic>> {
+        Ok(self.inner.member_shard(member).topics_of(member))
+    }
+
+    async fn subscribe(&self, topic: &Topic) -> Result<EventStream> {
+        let receiver = self
+            .inner
+            .topic_shard(topic)
+            .subscribe(topic, self.inner.config.event_buffer);
+        // A receiver that lagged lost events: tell the subscriber to re-read.
+        Ok(BroadcastStream::new(receiver)
+            .map(|event| event.unwrap_or(Event::Resync))
+            .boxed())
+    }
+
+    fn clock(&self) -> Arc<dyn Clock> {
+        self.inner.config.clock.clone()
+    }
+}
+
+fn member_view(
+    topic: &Topic,
+    member: &MemberId,
+    connections: &crate::topic::Connections,
+) -> Member {
+    let mut connections: Vec<presence_core::Connection> = connections
+        .iter()
+        .map(|conn| presence_core::Connection {
+            connection: conn.id.clone(),
+            meta: conn.meta.clone(),
+            joined_at: Timestamp::from_millis(conn.joined_at),
+            last_seen_at: Timestamp::from_millis(conn.last_seen_at),
+        })
+        .collect();
+    connections.sort_by(|a, b| (a.joined_at, &a.connection).cmp(&(b.joined_at, &b.connection)));
+    Member {
+        topic: topic.clone(),
+        member: member.clone(),
+        joined_at: connections
+            .iter()
+            .map(|c| c.joined_at)
+            .min()
+            .expect("never empty"),
+        last_seen_at: connections
+            .iter()
+            .map(|c| c.last_seen_at)
+            .max()
+            .expect("never empty"),
+        connections,
+    }
+}

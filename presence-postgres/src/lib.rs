@@ -1,0 +1,1 @@
+//! The Postgres backend of `presence`: not built yet (see the Postgres backend issue).
