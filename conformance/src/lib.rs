@@ -5,15 +5,30 @@
 //! out one named `#[test]` per property for a backend, so a failure names the
 //! broken property:
 //!
-//! ```ignore
+//! ```
+//! use std::sync::Arc;
+//!
+//! use conformance::{Backend, Setup};
+//! use presence_core::PresenceStore;
+//! use presence_memory::{MemoryConfig, MemoryStore};
+//!
 //! struct Memory;
 //!
 //! #[async_trait::async_trait]
-//! impl conformance::Backend for Memory {
-//!     async fn open(&self, setup: &conformance::Setup) -> Arc<dyn PresenceStore> { ... }
+//! impl Backend for Memory {
+//!     async fn open(&self, setup: &Setup) -> Arc<dyn PresenceStore> {
+//!         Arc::new(MemoryStore::with_config(MemoryConfig {
+//!             max_meta_bytes: setup.max_meta_bytes,
+//!             event_buffer: setup.event_buffer,
+//!             clock: Arc::new(setup.clock.clone()),
+//!             ..MemoryConfig::default()
+//!         }))
+//!     }
 //! }
 //!
+//! // In a test file this is all it takes; here, run one property by hand.
 //! conformance::suite!(Memory);
+//! conformance::run(conformance::join_is_idempotent(&Memory));
 //! ```
 //!
 //! The suite holds three kinds of checks: example-based properties

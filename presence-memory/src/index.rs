@@ -1,7 +1,7 @@
-//! The member index: which topics each `(member, connection)` is present in,
-//! so `disconnect` and `topics_of` never scan the topics.
+//! The member index: which topics each member is present in, so `disconnect`
+//! and `topics_of` visit only the member's own topics, never all of them.
 
-use presence_core::{ConnectionId, MemberId, PresenceKey, Topic};
+use presence_core::{MemberId, Topic};
 use smallvec::SmallVec;
 
 use crate::topic::Map;
@@ -9,31 +9,30 @@ use crate::topic::Map;
 /// The members whose ids hash to one shard.
 #[derive(Default)]
 pub(crate) struct MemberShard {
-    /// Per member, its `(connection, topic)` pairs. A member has few entries
-    /// in practice, so a flat list beats a map of maps in memory and speed.
-    members: Map<MemberId, SmallVec<[(ConnectionId, Topic); 1]>>,
+    /// Per member, one topic per connection it has there (a topic repeats
+    /// when the member has several connections in it). Most members are in
+    /// few topics, so a flat list beats a map of maps in memory and speed;
+    /// connection ids are not kept because `disconnect` checks the topic.
+    members: Map<MemberId, SmallVec<[Topic; 1]>>,
 }
 
 impl MemberShard {
-    pub(crate) fn add(&mut self, key: &PresenceKey) {
+    pub(crate) fn add(&mut self, member: &MemberId, topic: &Topic) {
         self.members
-            .entry(key.member.clone())
+            .entry(member.clone())
             .or_default()
-            .push((key.connection.clone(), key.topic.clone()));
+            .push(topic.clone());
     }
 
-    pub(crate) fn remove(&mut self, key: &PresenceKey) {
-        let Some(pairs) = self.members.get_mut(key.member.as_str()) else {
+    pub(crate) fn remove(&mut self, member: &MemberId, topic: &Topic) {
+        let Some(topics) = self.members.get_mut(member.as_str()) else {
             return;
         };
-        if let Some(at) = pairs
-            .iter()
-            .position(|(connection, topic)| *connection == key.connection && *topic == key.topic)
-        {
-            pairs.swap_remove(at);
+        if let Some(at) = topics.iter().position(|t| t == topic) {
+            topics.swap_remove(at);
         }
-        if pairs.is_empty() {
-            self.members.remove(key.member.as_str());
+        if topics.is_empty() {
+            self.members.remove(member.as_str());
         }
     }
 
@@ -44,21 +43,10 @@ impl MemberShard {
             .get(member)
             .into_iter()
             .flatten()
-            .map(|(_, topic)| topic.clone())
+            .cloned()
             .collect();
         topics.sort_unstable();
         topics.dedup();
         topics
-    }
-
-    /// The topics where `member` is present through `connection`.
-    pub(crate) fn topics_of_connection(&self, member: &str, connection: &str) -> Vec<Topic> {
-        self.members
-            .get(member)
-            .into_iter()
-            .flatten()
-            .filter(|(conn, _)| conn.as_str() == connection)
-            .map(|(_, topic)| topic.clone())
-            .collect()
     }
 }

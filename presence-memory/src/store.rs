@@ -100,8 +100,9 @@ impl Inner {
     /// the events follow the same order as the entries.
     fn departed(&self, shard: &mut TopicShard, topic: &Topic, departures: &[Departure]) {
         for departure in departures {
-            self.member_shard(&departure.entry.key.member)
-                .remove(&departure.entry.key);
+            let key = &departure.entry.key;
+            self.member_shard(&key.member)
+                .remove(&key.member, &key.topic);
         }
         if !departures.is_empty() {
             shard.emit(topic, || leave_events(departures));
@@ -125,7 +126,7 @@ impl Inner {
                 entry,
                 first_for_member,
             } => {
-                self.member_shard(&key.member).add(key);
+                self.member_shard(&key.member).add(&key.member, &key.topic);
                 shard.emit(&key.topic, || {
                     vec![Event::Join {
                         entry: entry.clone(),
@@ -276,10 +277,7 @@ impl PresenceStore for MemoryStore {
     ) -> Result<Vec<Departure>> {
         // Read the index, then remove topic by topic: a join that lands after
         // the read is ordered after this disconnect.
-        let topics = self
-            .inner
-            .member_shard(member)
-            .topics_of_connection(member, connection);
+        let topics = self.inner.member_shard(member).topics_of(member);
         let mut departures = Vec::new();
         for topic in topics {
             departures.extend(self.inner.remove_member(
