@@ -207,16 +207,19 @@ impl TopicShard {
             });
             !connections.is_empty()
         });
-        if departures.is_empty() {
-            return departures;
-        }
+        // The scan saw every entry: make the bound exact, so a topic kept
+        // alive by heartbeats is not scanned again until it may expire.
         state.connections -= departures.len() as u64;
-        self.expiry.remove(&(state.oldest_bound, topic.clone()));
         if state.members.is_empty() {
+            self.expiry.remove(&(state.oldest_bound, topic.clone()));
             self.topics.remove(topic.as_str());
-        } else {
+        } else if oldest != state.oldest_bound {
+            self.expiry.remove(&(state.oldest_bound, topic.clone()));
             state.oldest_bound = oldest;
             self.expiry.insert((oldest, topic.clone()));
+        }
+        if departures.is_empty() {
+            return departures;
         }
         let topics = &self.topics;
         Departure::finish(departures, |topic, member| {
@@ -323,4 +326,43 @@ pub(crate) fn leave_events(departures: &[Departure]) -> Vec<Event> {
             departure: departure.clone(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(topic: &str, member: &str) -> PresenceKey {
+        PresenceKey::new(topic, member, "c").unwrap()
+    }
+
+    #[test]
+    fn a_sweep_that_finds_nothing_makes_the_bound_exact() {
+        let mut shard = TopicShard::default();
+        let (a, b) = (key("t", "a"), key("t", "b"));
+        shard.upsert(&a, Meta::new(), 0);
+        shard.upsert(&b, Meta::new(), 0);
+        shard.refresh(&a, None, 100);
+        shard.refresh(&b, None, 120);
+        // The bound still says 0: the topic is due for a sweep at 50.
+        assert_eq!(shard.due_for_sweep(50), [a.topic.clone()]);
+        let removed = shard.remove_where(&a.topic, Reason::Expired, |_, c| c.last_seen_at < 50);
+        assert!(removed.is_empty());
+        // Now the bound is the true oldest (100): not due until after it.
+        assert!(shard.due_for_sweep(100).is_empty());
+        assert_eq!(shard.due_for_sweep(101), [a.topic.clone()]);
+    }
+
+    #[test]
+    fn removing_the_last_entry_forgets_the_topic() {
+        let mut shard = TopicShard::default();
+        let a = key("t", "a");
+        shard.upsert(&a, Meta::new(), 5);
+        let gone = shard.remove_member_where(&a.topic, &a.member, Reason::Left, |_| true);
+        assert_eq!(gone.len(), 1);
+        assert!(gone[0].last_for_member);
+        assert!(shard.topics.is_empty());
+        assert!(shard.expiry.is_empty());
+        assert!(shard.due_for_sweep(i64::MAX).is_empty());
+    }
 }
