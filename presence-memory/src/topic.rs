@@ -345,12 +345,12 @@ mod tests {
         shard.refresh(&a, None, 100);
         shard.refresh(&b, None, 120);
         // The bound still says 0: the topic is due for a sweep at 50.
-        assert_eq!(shard.due_for_sweep(50), [a.topic.clone()]);
+        assert_eq!(shard.due_for_sweep(50), std::slice::from_ref(&a.topic));
         let removed = shard.remove_where(&a.topic, Reason::Expired, |_, c| c.last_seen_at < 50);
         assert!(removed.is_empty());
         // Now the bound is the true oldest (100): not due until after it.
         assert!(shard.due_for_sweep(100).is_empty());
-        assert_eq!(shard.due_for_sweep(101), [a.topic.clone()]);
+        assert_eq!(shard.due_for_sweep(101), std::slice::from_ref(&a.topic));
     }
 
     #[test]
