@@ -6,12 +6,10 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use presence_core::{
     Clock, ConnectionId, Counts, Departure, Entry, Error, Event, EventStream, Joined, Member,
     MemberId, Meta, PresenceKey, PresenceStore, Reason, Result, Timestamp, Topic, check_batch,
 };
-use tokio_stream::wrappers::BroadcastStream;
 
 use crate::MemoryConfig;
 use crate::index::MemberShard;
@@ -50,7 +48,9 @@ impl MemoryStore {
         let shards = config.shards.max(1);
         Self {
             inner: Arc::new(Inner {
-                topics: (0..shards).map(|_| Mutex::default()).collect(),
+                topics: (0..shards)
+                    .map(|_| Mutex::new(TopicShard::new(config.event_buffer)))
+                    .collect(),
                 members: (0..shards).map(|_| Mutex::default()).collect(),
                 shard_hasher: foldhash::fast::RandomState::default(),
                 config,
@@ -105,7 +105,7 @@ impl Inner {
                 .remove(&key.member, &key.topic);
         }
         if !departures.is_empty() {
-            shard.emit(topic, || leave_events(departures));
+            shard.channels.send(topic, || leave_events(departures));
         }
     }
 
@@ -127,7 +127,7 @@ impl Inner {
                 first_for_member,
             } => {
                 self.member_shard(&key.member).add(&key.member, &key.topic);
-                shard.emit(&key.topic, || {
+                shard.channels.send(&key.topic, || {
                     vec![Event::Join {
                         entry: entry.clone(),
                         first_for_member,
@@ -144,7 +144,7 @@ impl Inner {
                 meta_changed,
             } => {
                 if meta_changed {
-                    shard.emit(&key.topic, || {
+                    shard.channels.send(&key.topic, || {
                         vec![Event::Update {
                             entry: entry.clone(),
                         }]
@@ -218,7 +218,7 @@ impl PresenceStore for MemoryStore {
             return Ok(None);
         };
         let entry = conn.entry(&key.topic, &key.member);
-        shard.emit(&key.topic, || {
+        shard.channels.send(&key.topic, || {
             vec![Event::Update {
                 entry: entry.clone(),
             }]
@@ -345,14 +345,7 @@ impl PresenceStore for MemoryStore {
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<EventStream> {
-        let receiver = self
-            .inner
-            .topic_shard(topic)
-            .subscribe(topic, self.inner.config.event_buffer);
-        // A receiver that lagged lost events: tell the subscriber to re-read.
-        Ok(BroadcastStream::new(receiver)
-            .map(|event| event.unwrap_or(Event::Resync))
-            .boxed())
+        Ok(self.inner.topic_shard(topic).channels.subscribe(topic))
     }
 
     fn clock(&self) -> Arc<dyn Clock> {

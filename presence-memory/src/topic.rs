@@ -3,23 +3,21 @@
 use std::collections::{BTreeSet, HashMap};
 
 use presence_core::{
-    ConnectionId, Counts, Departure, Entry, Event, MemberId, Meta, PresenceKey, Reason, Timestamp,
-    Topic,
+    Channels, ConnectionId, Counts, Departure, Entry, Event, MemberId, Meta, PresenceKey, Reason,
+    Timestamp, Topic,
 };
 use smallvec::SmallVec;
-use tokio::sync::broadcast;
 
 pub(crate) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The topics whose names hash to one shard.
-#[derive(Default)]
 pub(crate) struct TopicShard {
     pub(crate) topics: Map<Topic, TopicState>,
     /// `(oldest_bound, topic)` for every topic with entries, so a sweep finds
     /// the topics that may hold something expired without visiting the rest.
     pub(crate) expiry: BTreeSet<(i64, Topic)>,
-    /// Event channels of subscribed topics; dropped once nobody listens.
-    channels: Map<Topic, broadcast::Sender<Event>>,
+    /// The subscribers of this shard's topics.
+    pub(crate) channels: Channels,
 }
 
 /// The entries of one topic.
@@ -82,6 +80,14 @@ pub(crate) enum Upserted {
 }
 
 impl TopicShard {
+    pub(crate) fn new(event_buffer: usize) -> Self {
+        Self {
+            topics: Map::default(),
+            expiry: BTreeSet::new(),
+            channels: Channels::new(event_buffer),
+        }
+    }
+
     pub(crate) fn counts(&self, topic: &str) -> Counts {
         self.topics
             .get(topic)
@@ -288,34 +294,6 @@ impl TopicShard {
             .get(topic)
             .is_some_and(|state| state.oldest_bound < older_than)
     }
-
-    /// A subscription to `topic`'s events.
-    pub(crate) fn subscribe(&mut self, topic: &Topic, buffer: usize) -> broadcast::Receiver<Event> {
-        self.channels
-            .entry(topic.clone())
-            .or_insert_with(|| broadcast::channel(buffer).0)
-            .subscribe()
-    }
-
-    /// Sends the events `make` builds to `topic`'s subscribers, if it has any.
-    /// Called with the shard locked, so subscribers see commit order.
-    pub(crate) fn emit(&mut self, topic: &Topic, make: impl FnOnce() -> Vec<Event>) {
-        if self.channels.is_empty() {
-            return;
-        }
-        let Some(sender) = self.channels.get(topic.as_str()) else {
-            return;
-        };
-        if sender.receiver_count() == 0 {
-            self.channels.remove(topic.as_str());
-            return;
-        }
-        for event in make() {
-            // An error means every receiver was dropped since the check:
-            // nobody to tell.
-            let _ = sender.send(event);
-        }
-    }
 }
 
 /// The `Leave` events of some departures, in order.
@@ -338,7 +316,7 @@ mod tests {
 
     #[test]
     fn a_sweep_that_finds_nothing_makes_the_bound_exact() {
-        let mut shard = TopicShard::default();
+        let mut shard = TopicShard::new(16);
         let (a, b) = (key("t", "a"), key("t", "b"));
         shard.upsert(&a, Meta::new(), 0);
         shard.upsert(&b, Meta::new(), 0);
@@ -355,7 +333,7 @@ mod tests {
 
     #[test]
     fn removing_the_last_entry_forgets_the_topic() {
-        let mut shard = TopicShard::default();
+        let mut shard = TopicShard::new(16);
         let a = key("t", "a");
         shard.upsert(&a, Meta::new(), 5);
         let gone = shard.remove_member_where(&a.topic, &a.member, Reason::Left, |_| true);
