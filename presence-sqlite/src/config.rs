@@ -1,0 +1,82 @@
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use presence_core::{Clock, DEFAULT_MAX_META_BYTES, Error, Result, system_clock};
+
+/// Where the store keeps its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A database file, created if missing, in WAL mode.
+    File(PathBuf),
+    /// A private in-memory database, gone when the store is dropped. Reads
+    /// share the writer's connection (an in-memory database has only one).
+    Memory,
+}
+
+/// How a [`SqliteStore`](crate::SqliteStore) is opened. Plain fields; start
+/// from [`SqliteConfig::file`] or [`SqliteConfig::memory`] and change what
+/// you need.
+#[derive(Clone, Debug)]
+pub struct SqliteConfig {
+    /// The database file, or memory.
+    pub location: Location,
+    /// The largest meta accepted, serialized, in bytes.
+    pub max_meta_bytes: usize,
+    /// How long a call waits for another process holding the write lock
+    /// before it fails.
+    pub busy_timeout: Duration,
+    /// Prepended to every table, index and trigger name, so several stores
+    /// can share one file. ASCII letters, digits and `_` only.
+    pub table_prefix: String,
+    /// Where timestamps come from.
+    pub clock: Arc<dyn Clock>,
+    /// Events kept per subscribed topic for a slow subscriber.
+    pub event_buffer: usize,
+    /// Read connections (files only).
+    pub read_connections: usize,
+    /// Most calls committed in one transaction by the writer.
+    pub max_group: usize,
+}
+
+impl SqliteConfig {
+    /// A store in the file at `path`.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        Self::at(Location::File(path.into()))
+    }
+
+    /// A store in memory.
+    pub fn memory() -> Self {
+        Self::at(Location::Memory)
+    }
+
+    fn at(location: Location) -> Self {
+        Self {
+            location,
+            max_meta_bytes: DEFAULT_MAX_META_BYTES,
+            busy_timeout: Duration::from_secs(5),
+            table_prefix: "presence_".to_owned(),
+            clock: system_clock(),
+            event_buffer: 1024,
+            read_connections: 4,
+            max_group: 1024,
+        }
+    }
+
+    /// The table prefix, checked: it is written into SQL as an identifier.
+    pub(crate) fn checked_prefix(&self) -> Result<&str> {
+        let prefix = self.table_prefix.as_str();
+        let valid = prefix.len() <= 64
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !prefix.starts_with(|c: char| c.is_ascii_digit());
+        if !valid {
+            return Err(Error::invalid(
+                "table_prefix",
+                "must be at most 64 ASCII letters, digits or '_', not starting with a digit",
+            ));
+        }
+        Ok(prefix)
+    }
+}
