@@ -1,0 +1,235 @@
+//! What the SQLite store promises beyond the shared contract: group commit,
+//! failure isolation, safe opening and upgrading.
+
+use std::sync::Arc;
+
+use futures::future::join_all;
+use presence_core::{Error, Event, Meta, PresenceKey, PresenceStore, Topic};
+use presence_sqlite::{SCHEMA_VERSION, SqliteConfig, SqliteStore};
+
+fn key(topic: &str, member: &str, connection: &str) -> PresenceKey {
+    PresenceKey::new(topic, member, connection).unwrap()
+}
+
+async fn open(path: &std::path::Path) -> SqliteStore {
+    SqliteStore::open(SqliteConfig::file(path)).await.unwrap()
+}
+
+fn backend_message(error: Error) -> String {
+    match error {
+        Error::Backend { backend, source } => {
+            assert_eq!(backend, "sqlite");
+            source.to_string()
+        }
+        other => panic!("expected a backend error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_joins_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&dir.path().join("p.db")).await);
+    let before = store.writer_stats();
+    let joins = (0..64).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .join(&key("room", &format!("m{i}"), "c"), Meta::new())
+                .await
+        })
+    });
+    for joined in join_all(joins).await {
+        assert!(!joined.unwrap().unwrap().was_present);
+    }
+    let stats = store.writer_stats();
+    let (calls, commits) = (stats.calls - before.calls, stats.commits - before.commits);
+    assert_eq!(calls, 64);
+    assert!(
+        commits < calls,
+        "64 concurrent joins took {commits} commits: no group commit"
+    );
+    assert_eq!(
+        store
+            .count(&Topic::new("room").unwrap())
+            .await
+            .unwrap()
+            .members,
+        64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_call_fails_only_its_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let store = Arc::new(open(&path).await);
+    // Poison one topic: any insert into it fails inside SQLite.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER poison BEFORE INSERT ON presence_entries WHEN NEW.topic = 'poison'
+             BEGIN SELECT RAISE(ABORT, 'poisoned topic'); END;",
+        )
+        .unwrap();
+    let room = Topic::new("room").unwrap();
+    let mut events = store.subscribe(&room).await.unwrap();
+    let before = store.writer_stats();
+    let joins = (0..64).map(|i| {
+        let store = store.clone();
+        let topic = if i % 4 == 0 { "poison" } else { "room" };
+        tokio::spawn(async move {
+            (
+                i,
+                store
+                    .join(&key(topic, &format!("m{i}"), "c"), Meta::new())
+                    .await,
+            )
+        })
+    });
+    for joined in join_all(joins).await {
+        let (i, result) = joined.unwrap();
+        if i % 4 == 0 {
+            assert!(backend_message(result.unwrap_err()).contains("poisoned topic"));
+        } else {
+            assert!(result.is_ok(), "join {i} failed: {result:?}");
+        }
+    }
+    let stats = store.writer_stats();
+    assert!(
+        stats.commits - before.commits < 64,
+        "the calls were not grouped"
+    );
+    assert_eq!(store.count(&room).await.unwrap().members, 48);
+    assert!(
+        store
+            .members(&Topic::new("poison").unwrap())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Events only for what committed: 48 joins, then nothing.
+    let mut joined = 0;
+    while joined < 48 {
+        match futures::StreamExt::next(&mut events).await.unwrap() {
+            Event::Join { entry, .. } => {
+                assert_eq!(entry.key.topic, room);
+                joined += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_database_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    let text = "these are my notes, not a database\n".repeat(200);
+    std::fs::write(&path, &text).unwrap();
+    let error = SqliteStore::open(SqliteConfig::file(&path))
+        .await
+        .unwrap_err();
+    let message = backend_message(error);
+    assert!(message.contains("not a SQLite database"), "{message}");
+    assert!(message.contains("notes.txt"), "{message}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let store = open(&path).await;
+    store
+        .join(&key("room", "alice", "c"), Meta::new())
+        .await
+        .unwrap();
+    drop(store);
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute("UPDATE presence_schema_version SET version = 99", [])
+        .unwrap();
+    drop(raw);
+
+    let message = backend_message(
+        SqliteStore::open(SqliteConfig::file(&path))
+            .await
+            .unwrap_err(),
+    );
+    assert!(message.contains("version 99"), "{message}");
+    assert!(message.contains("newer"), "{message}");
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let rows: i64 = raw
+        .query_row("SELECT count(*) FROM presence_entries", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 1, "the data is still there");
+}
+
+#[tokio::test]
+async fn an_older_file_is_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    presence_sqlite::testing::create_schema_at(&path, "presence_", 1).unwrap();
+    // Rows an older release wrote, before per-topic counts existed.
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    for (member, connection) in [("alice", "a"), ("alice", "b"), ("bob", "a")] {
+        raw.execute(
+            "INSERT INTO presence_entries VALUES ('room', ?1, ?2, '{}', 5, 7)",
+            [member, connection],
+        )
+        .unwrap();
+    }
+    drop(raw);
+
+    let store = open(&path).await;
+    let room = Topic::new("room").unwrap();
+    let counts = store.count(&room).await.unwrap();
+    assert_eq!(
+        (counts.members, counts.connections),
+        (2, 3),
+        "counts backfilled"
+    );
+    assert_eq!(store.members(&room).await.unwrap().len(), 2);
+    store.leave(&key("room", "bob", "a")).await.unwrap();
+    assert_eq!(
+        store.count(&room).await.unwrap().members,
+        1,
+        "and kept from then on"
+    );
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = raw
+        .query_row("SELECT version FROM presence_schema_version", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION as i64);
+}
+
+#[tokio::test]
+async fn table_prefixes_keep_stores_apart_and_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.db");
+    let open_with = |prefix: &str| {
+        let mut config = SqliteConfig::file(&path);
+        config.table_prefix = prefix.to_owned();
+        SqliteStore::open(config)
+    };
+    let chat = open_with("chat_").await.unwrap();
+    let docs = open_with("docs_").await.unwrap();
+    chat.join(&key("t", "alice", "c"), Meta::new())
+        .await
+        .unwrap();
+    assert!(
+        docs.members(&Topic::new("t").unwrap())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for bad in ["x; DROP TABLE chat_entries; --", "9lives", "a-b", "é"] {
+        let error = open_with(bad).await.unwrap_err();
+        assert_eq!(error.invalid_field(), Some("table_prefix"), "{bad:?}");
+    }
+    assert_eq!(
+        chat.members(&Topic::new("t").unwrap()).await.unwrap().len(),
+        1
+    );
+}
