@@ -96,7 +96,7 @@ fn child_process() {
                 println!("opened");
             }
             "joiner" => joiner(store).await,
-            "mixer" => mixer(&*store, id).await,
+            "mixer" => mixer(&store, id).await,
             other => panic!("unknown role {other}"),
         }
     });
