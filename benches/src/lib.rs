@@ -37,3 +37,30 @@ pub fn room_keys(topic: &str, members: usize, connections: usize) -> Vec<Presenc
         })
         .collect()
 }
+
+/// Joins `keys` from `tasks` concurrent tasks, each joining its share one
+/// call after another, and returns how long it took.
+pub async fn join_concurrently(
+    store: std::sync::Arc<dyn PresenceStore>,
+    keys: Vec<PresenceKey>,
+    tasks: usize,
+) -> std::time::Duration {
+    let chunk = keys.len().div_ceil(tasks.max(1)).max(1);
+    let mut shares: Vec<Vec<PresenceKey>> = Vec::new();
+    let mut keys = keys.into_iter().peekable();
+    while keys.peek().is_some() {
+        shares.push(keys.by_ref().take(chunk).collect());
+    }
+    let start = std::time::Instant::now();
+    let handles: Vec<_> = shares
+        .into_iter()
+        .map(|share| {
+            let store = store.clone();
+            tokio::spawn(async move { join_all(&*store, &share).await })
+        })
+        .collect();
+    for handle in handles {
+        handle.await.expect("a joining task panicked");
+    }
+    start.elapsed()
+}

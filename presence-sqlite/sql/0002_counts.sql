@@ -13,15 +13,16 @@ SELECT topic, COUNT(DISTINCT member), COUNT(*) FROM {p}entries GROUP BY topic;
 CREATE TRIGGER {p}entries_counted_in AFTER INSERT ON {p}entries
 BEGIN
     INSERT INTO {p}topics (topic, members, connections)
-    VALUES (NEW.topic, 0, 0)
-    ON CONFLICT (topic) DO NOTHING;
-    UPDATE {p}topics
-    SET connections = connections + 1,
-        members = members + NOT EXISTS (
+    VALUES (
+        NEW.topic,
+        NOT EXISTS (
             SELECT 1 FROM {p}entries
             WHERE topic = NEW.topic AND member = NEW.member AND connection <> NEW.connection
-        )
-    WHERE topic = NEW.topic;
+        ),
+        1
+    )
+    ON CONFLICT (topic) DO UPDATE
+    SET connections = connections + 1, members = members + excluded.members;
 END;
 
 CREATE TRIGGER {p}entries_counted_out AFTER DELETE ON {p}entries

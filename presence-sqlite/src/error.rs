@@ -19,6 +19,10 @@ pub(crate) enum SqliteError {
         found: i64,
         known: usize,
     },
+    #[error(
+        "{path}: SQLite refused WAL mode (journal mode is {mode:?}); the store needs WAL, which some network file systems lack"
+    )]
+    NoWal { path: PathBuf, mode: String },
     #[error("a stored row is not valid presence data: {0}")]
     CorruptRow(String),
     #[error("the transaction was not committed: {0}")]

@@ -17,31 +17,45 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this code creates and understands.
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
-fn classify(location: &Location, error: rusqlite::Error) -> SqliteError {
-    match (&location, error.sqlite_error_code()) {
-        (Location::File(path), Some(ErrorCode::NotADatabase)) => SqliteError::NotADatabase {
-            path: path.clone(),
-            source: error,
-        },
-        _ => SqliteError::Sqlite(error),
+/// Names a file that is not a database as such; other errors pass.
+fn classify(location: &Location, error: SqliteError) -> SqliteError {
+    match (location, error) {
+        (Location::File(path), SqliteError::Sqlite(source))
+            if source.sqlite_error_code() == Some(ErrorCode::NotADatabase) =>
+        {
+            SqliteError::NotADatabase {
+                path: path.clone(),
+                source,
+            }
+        }
+        (_, error) => error,
     }
 }
 
 /// Opens a connection with the store's settings: the busy timeout, and for
 /// files WAL mode with `synchronous = NORMAL` (a committed write survives the
-/// process being killed; only an OS crash may lose the last commits).
+/// process being killed; an OS crash may lose the last commits but never
+/// corrupts the file).
 pub(crate) fn connect(location: &Location, busy_timeout: Duration) -> Result<Connection> {
     let opened = match location {
         Location::File(path) => Connection::open(path),
         Location::Memory => Connection::open_in_memory(),
     };
-    let conn = opened.map_err(|e| classify(location, e))?;
-    let configure = |conn: &Connection| -> rusqlite::Result<()> {
+    let conn = opened.map_err(|e| classify(location, e.into()))?;
+    let configure = |conn: &Connection| -> Result<(), SqliteError> {
         conn.busy_timeout(busy_timeout)?;
-        if let Location::File(_) = location {
+        if let Location::File(path) = location {
             let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-            debug_assert_eq!(mode.to_ascii_lowercase(), "wal");
+            if !mode.eq_ignore_ascii_case("wal") {
+                let path = path.clone();
+                return Err(SqliteError::NoWal { path, mode });
+            }
             conn.pragma_update(None, "synchronous", "NORMAL")?;
+            // A checkpoint syncs the file inside the commit that triggers
+            // it; at SQLite's default (1,000 pages) that is every few
+            // groups under load. 10,000 pages (~40 MiB of WAL) made group
+            // commit ~1.45x faster (BENCHMARKS.md) at the same durability.
+            conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
         }
         Ok(())
     };
@@ -94,8 +108,5 @@ pub(crate) fn migrate(
         tx.commit()?;
         Ok(())
     };
-    run(conn).map_err(|error| match error {
-        SqliteError::Sqlite(e) => classify(location, e).into(),
-        other => other.into(),
-    })
+    run(conn).map_err(|e| classify(location, e).into())
 }

@@ -41,9 +41,13 @@ impl Sql {
                 .replace("{columns}", COLUMNS)
         };
         Self {
+            // One row always: the entry's meta and joined_at (NULL when it
+            // is absent) and whether the member has any connection.
             select_entry: render(
-                "SELECT meta, joined_at FROM {p}entries \
-                 WHERE topic = ?1 AND member = ?2 AND connection = ?3",
+                "SELECT e.meta, e.joined_at, \
+                 EXISTS (SELECT 1 FROM {p}entries WHERE topic = ?1 AND member = ?2) \
+                 FROM (SELECT 1) LEFT JOIN {p}entries AS e \
+                 ON e.topic = ?1 AND e.member = ?2 AND e.connection = ?3",
             ),
             member_present: render(
                 "SELECT EXISTS (SELECT 1 FROM {p}entries WHERE topic = ?1 AND member = ?2)",
@@ -138,11 +142,14 @@ pub(crate) fn join(
         key.connection.as_str(),
     );
     let meta_json = meta.to_json();
-    let existing: Option<(String, i64)> = conn
+    let (existing, present): (Option<(String, i64)>, bool) = conn
         .prepare_cached(&sql.select_entry)
         .and_then(|mut s| {
-            s.query_row(params![t, m, c], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
+            s.query_row(params![t, m, c], |r| {
+                let meta: Option<String> = r.get(0)?;
+                let joined_at: Option<i64> = r.get(1)?;
+                Ok((meta.zip(joined_at), r.get(2)?))
+            })
         })
         .map_err(db)?;
     if let Some((old_json, joined_at)) = existing {
@@ -170,7 +177,6 @@ pub(crate) fn join(
         };
         return Ok((joined, events));
     }
-    let present = member_present(conn, sql, &key.topic, &key.member)?;
     if let Some(max_members) = max_members
         && !present
     {

@@ -28,6 +28,9 @@ pub struct SqliteStore {
 }
 
 struct Inner {
+    /// The runtime the store was opened on: the read pool closes its
+    /// connections on it, also when the store is dropped outside it.
+    runtime: tokio::runtime::Handle,
     config: SqliteConfig,
     sql: Arc<Sql>,
     writer: Writer,
@@ -67,6 +70,7 @@ impl SqliteStore {
         };
         Ok(Self {
             inner: Arc::new(Inner {
+                runtime: tokio::runtime::Handle::current(),
                 config,
                 sql,
                 writer,
@@ -123,6 +127,19 @@ impl SqliteStore {
                     .await
                     .map_err(|e| SqliteError::Pool(e.to_string()))?
             }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Readers::Pool(pool) = &self.readers {
+            // Pooled connections are closed on blocking threads of a tokio
+            // runtime; outside one that would panic.
+            let _entered = tokio::runtime::Handle::try_current()
+                .is_err()
+                .then(|| self.runtime.enter());
+            pool.close();
         }
     }
 }

@@ -181,18 +181,19 @@ fn commit_group(
     }
     let mut staged = Vec::with_capacity(jobs.len());
     while let Some(job) = jobs.next() {
-        if let Err(error) = conn.execute_batch("SAVEPOINT call") {
+        if let Err(error) = execute_cached(conn, "SAVEPOINT call") {
             abort(conn, staged, std::iter::once(job).chain(jobs), &error);
             return false;
         }
         let done = job.run(conn, sql);
-        let end = if done.ok {
-            "RELEASE call"
+        let ended = if done.ok {
+            execute_cached(conn, "RELEASE call")
         } else {
-            "ROLLBACK TO call; RELEASE call"
+            execute_cached(conn, "ROLLBACK TO call")
+                .and_then(|()| execute_cached(conn, "RELEASE call"))
         };
         staged.push(done);
-        if let Err(error) = conn.execute_batch(end) {
+        if let Err(error) = ended {
             abort(conn, staged, jobs, &error);
             return false;
         }
@@ -207,6 +208,11 @@ fn commit_group(
         (done.finish)(None);
     }
     true
+}
+
+/// Runs a parameterless statement kept prepared (savepoints run per call).
+fn execute_cached(conn: &Connection, statement: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(statement)?.execute([]).map(|_| ())
 }
 
 /// Rolls the group back and fails every caller in it, run or not.

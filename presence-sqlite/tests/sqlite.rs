@@ -233,3 +233,36 @@ async fn table_prefixes_keep_stores_apart_and_are_checked() {
         1
     );
 }
+
+/// A store may outlive the runtime it was opened on (say, dropped at the end
+/// of a synchronous main): dropping it then must not panic.
+#[test]
+fn dropping_the_store_outside_a_runtime_is_fine() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store = runtime.block_on(async {
+        let store = open(&path).await;
+        store
+            .join(&key("room", "alice", "c"), Meta::new())
+            .await
+            .unwrap();
+        // Reads put connections in the pool.
+        assert_eq!(
+            store
+                .members(&Topic::new("room").unwrap())
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        store
+    });
+    drop(store); // outside the runtime, which still runs
+    let store = runtime.block_on(open(&path));
+    runtime
+        .block_on(store.count(&Topic::new("room").unwrap()))
+        .unwrap();
+    drop(runtime);
+    drop(store); // after the runtime is gone
+}

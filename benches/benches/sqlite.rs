@@ -1,0 +1,133 @@
+//! Criterion benches of the SQLite store (a WAL file in a temporary
+//! directory). Run with `cargo bench -p benches --bench sqlite`; figures go
+//! to BENCHMARKS.md.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use benches::{join_concurrently, room_keys, spread_keys};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use presence_core::{PresenceKey, PresenceStore, Timestamp};
+use presence_sqlite::{SqliteConfig, SqliteStore};
+use tokio::runtime::Runtime;
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn open(rt: &Runtime, dir: &tempfile::TempDir, name: &str) -> Arc<SqliteStore> {
+    let path = dir.path().join(name);
+    Arc::new(
+        rt.block_on(SqliteStore::open(SqliteConfig::file(path)))
+            .unwrap(),
+    )
+}
+
+/// Fresh keys for every measurement, so every join creates an entry.
+fn fresh_keys(next: &AtomicUsize, n: usize) -> Vec<PresenceKey> {
+    let first = next.fetch_add(n, Ordering::Relaxed);
+    (first..first + n)
+        .map(|i| {
+            PresenceKey::new(format!("topic-{}", i % 1_000), format!("member-{i}"), "c").unwrap()
+        })
+        .collect()
+}
+
+/// 64 tasks joining at once (group commit) against the same calls made one
+/// at a time, in one group so the ratio comes from one run.
+fn joins(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&rt, &dir, "joins.db");
+    let next = AtomicUsize::new(0);
+    let mut group = c.benchmark_group("sqlite/join_new_keys");
+    group.throughput(Throughput::Elements(1));
+    for tasks in [1usize, 64] {
+        group.bench_function(format!("{tasks}_tasks"), |b| {
+            b.iter_custom(|iters| {
+                let keys = fresh_keys(&next, iters as usize);
+                let store: Arc<dyn PresenceStore> = store.clone();
+                rt.block_on(join_concurrently(store, keys, tasks))
+            })
+        });
+    }
+    group.finish();
+}
+
+fn touch_many_and_count(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&rt, &dir, "reads.db");
+    let keys = spread_keys(1_000, 100);
+    rt.block_on(join_concurrently(store.clone(), keys.clone(), 64));
+    let mut group = c.benchmark_group("sqlite");
+    group.throughput(Throughput::Elements(keys.len() as u64));
+    group.bench_function("touch_many_1000", |b| {
+        b.iter(|| black_box(rt.block_on(store.touch_many(&keys)).unwrap()))
+    });
+
+    let room = room_keys("big-room", 100_000, 1);
+    rt.block_on(join_concurrently(store.clone(), room.clone(), 64));
+    let topic = room[0].topic.clone();
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("count_100000_members", |b| {
+        b.iter(|| black_box(rt.block_on(store.count(&topic)).unwrap()))
+    });
+    group.finish();
+}
+
+/// A file with 100,000 entries over 1,000 topics, all seen at time 0, so a
+/// sweep at 1 expires every one.
+fn expired_file(rt: &Runtime, dir: &tempfile::TempDir, n: usize) -> Arc<SqliteStore> {
+    let name = format!("sweep-{n}.db");
+    let path = dir.path().join(&name);
+    let _ = std::fs::remove_file(&path);
+    let store = open(rt, dir, &name);
+    // Setup, not measured: insert through SQLite directly, in one
+    // transaction (the triggers keep the counts as for any writer).
+    let mut raw = rusqlite::Connection::open(&path).unwrap();
+    let tx = raw.transaction().unwrap();
+    {
+        let mut insert = tx
+            .prepare("INSERT INTO presence_entries VALUES (?1, ?2, 'c', '{}', 0, 0)")
+            .unwrap();
+        for i in 0..n {
+            insert
+                .execute((format!("topic-{}", i % 1_000), format!("member-{i}")))
+                .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+    store
+}
+
+fn sweeps(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let mut group = c.benchmark_group("sqlite");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(20));
+    group.bench_function("sweep_all_100000_expired", |b| {
+        b.iter_batched(
+            || expired_file(&rt, &dir, 100_000),
+            |store| {
+                let swept = rt
+                    .block_on(store.sweep_all(Timestamp::from_millis(1)))
+                    .unwrap();
+                assert_eq!(swept.len(), 100_000);
+                store
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, joins, touch_many_and_count, sweeps);
+criterion_main!(benches);
