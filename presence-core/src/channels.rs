@@ -66,6 +66,15 @@ impl Channels {
         }
     }
 
+    /// Sends [`Event::Resync`] to every subscribed topic: for a backend that
+    /// lost its event source and cannot tell what was missed.
+    pub fn resync_all(&mut self) {
+        let topics: Vec<Topic> = self.channels.keys().cloned().collect();
+        for topic in topics {
+            self.send(&topic, || vec![Event::Resync]);
+        }
+    }
+
     /// Sends each event to the subscribers of its own topic, in order.
     pub fn send_all(&mut self, events: Vec<Event>) {
         for event in events {

@@ -1,1 +1,16 @@
-//! The Postgres backend of `presence`: not built yet (see the Postgres backend issue).
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod config;
+mod listener;
+mod schema;
+mod store;
+#[doc(hidden)]
+pub mod testing;
+
+pub use config::PostgresConfig;
+pub use deadpool_postgres;
+pub use presence_core;
+pub use schema::SCHEMA_VERSION;
+pub use store::PostgresStore;
+pub use tokio_postgres;

@@ -1,0 +1,194 @@
+//! Events across processes: one connection per store LISTENs on the schema's
+//! channel and hands each notification to the local subscribers of its topic.
+//!
+//! Postgres delivers notifications in commit order, so subscribers see every
+//! process's changes in commit order. When the connection is lost, the
+//! listener reconnects by itself and sends `Resync` to every subscriber (what
+//! happened in between is unknown).
+//!
+//! `subscribe` is exact: it registers the subscriber from inside the
+//! notification stream, at the point where a sync notification it sent
+//! arrives, so the subscriber sees exactly the changes committed after it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use presence_core::{Channels, Error, Event, EventStream, Result, Topic};
+use serde_json::Value;
+use tokio::sync::{oneshot, watch};
+use tokio_postgres::{AsyncMessage, NoTls};
+
+/// Subscriptions waiting for their sync notification.
+type Pending = HashMap<u64, (Topic, oneshot::Sender<EventStream>)>;
+
+pub(crate) struct Listener {
+    state: Arc<Mutex<State>>,
+    /// Whether the listening connection is up (and how often it came up).
+    connected: watch::Receiver<(bool, u64)>,
+    /// Sync tokens of this store start here, so other stores' syncs on the
+    /// same channel never match ours.
+    nonce: u64,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct State {
+    channels: Channels,
+    pending: Pending,
+    next_token: u64,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Listener {
+    /// Starts listening on `channel`; returns once the first LISTEN is in place.
+    pub(crate) async fn start(
+        pg: tokio_postgres::Config,
+        channel: String,
+        event_buffer: usize,
+    ) -> Result<Self> {
+        let state = Arc::new(Mutex::new(State {
+            channels: Channels::new(event_buffer),
+            pending: HashMap::new(),
+            next_token: 0,
+        }));
+        let (up, mut connected) = watch::channel((false, 0));
+        let task = tokio::spawn(listen(pg, channel, state.clone(), up));
+        let first =
+            tokio::time::timeout(Duration::from_secs(30), connected.wait_for(|(up, _)| *up))
+                .await
+                .is_ok_and(|seen| seen.is_ok());
+        if !first {
+            task.abort();
+            return Err(Error::backend(
+                "postgres",
+                "the event listener could not connect within 30 s",
+            ));
+        }
+        let nonce = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            std::process::id(),
+        );
+        Ok(Self {
+            state,
+            connected,
+            nonce,
+            task,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a subscription and returns the sync token to NOTIFY; the
+    /// stream arrives through the receiver when the token comes back.
+    pub(crate) fn prepare(&self, topic: &Topic) -> (String, oneshot::Receiver<EventStream>) {
+        let (sender, receiver) = oneshot::channel();
+        let mut state = self.lock();
+        let token = self.nonce.wrapping_add(state.next_token);
+        state.next_token += 1;
+        state.pending.insert(token, (topic.clone(), sender));
+        (serde_json::json!({ "sync": token }).to_string(), receiver)
+    }
+
+    /// Whether the listening connection is up now.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connected.borrow().0
+    }
+}
+
+async fn listen(
+    pg: tokio_postgres::Config,
+    channel: String,
+    state: Arc<Mutex<State>>,
+    up: watch::Sender<(bool, u64)>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    let mut sessions = 0u64;
+    loop {
+        match pg.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let (notes_tx, mut notes) = tokio::sync::mpsc::unbounded_channel();
+                let driver = tokio::spawn(async move {
+                    let mut messages =
+                        futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+                    while let Some(Ok(message)) = messages.next().await {
+                        if let AsyncMessage::Notification(note) = message {
+                            let _ = notes_tx.send(note.payload().to_owned());
+                        }
+                    }
+                });
+                if client
+                    .batch_execute(&format!("LISTEN {channel}"))
+                    .await
+                    .is_ok()
+                {
+                    backoff = Duration::from_millis(50);
+                    sessions += 1;
+                    {
+                        let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+                        if sessions > 1 {
+                            // Whatever happened while we were away is unknown.
+                            state.channels.resync_all();
+                        }
+                        // Syncs sent while we were away are lost: register now.
+                        let pending: Vec<_> = state.pending.drain().collect();
+                        for (_, (topic, sender)) in pending {
+                            let _ = sender.send(state.channels.subscribe(&topic));
+                        }
+                    }
+                    let _ = up.send((true, sessions));
+                    while let Some(payload) = notes.recv().await {
+                        dispatch(&state, &payload);
+                    }
+                }
+                let _ = up.send((false, sessions));
+                driver.abort();
+                drop(client);
+            }
+            Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+fn dispatch(state: &Mutex<State>, payload: &str) {
+    let Ok(value) = serde_json::from_str::<Value>(payload) else {
+        return;
+    };
+    let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(token) = value.get("sync").and_then(Value::as_u64) {
+        if let Some((topic, sender)) = state.pending.remove(&token) {
+            let _ = sender.send(state.channels.subscribe(&topic));
+        }
+        return;
+    }
+    let Some(topic) = value
+        .get("topic")
+        .and_then(Value::as_str)
+        .and_then(|t| Topic::new(t).ok())
+    else {
+        return;
+    };
+    let Some(event) = value.get("event") else {
+        return;
+    };
+    let event = if event.get("type").and_then(Value::as_str) == Some("resync") {
+        Event::Resync
+    } else {
+        match serde_json::from_value::<Event>(event.clone()) {
+            Ok(event) => event,
+            // An event this code cannot read: the subscriber must re-read.
+            Err(_) => Event::Resync,
+        }
+    };
+    state.channels.send(&topic, || vec![event]);
+}

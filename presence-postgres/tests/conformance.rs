@@ -1,0 +1,34 @@
+//! The whole conformance suite, unchanged, on Postgres: each store in a
+//! schema of its own on the test server (see `presence_postgres::testing`).
+
+use std::sync::Arc;
+
+use conformance::{Backend, Setup};
+use presence_core::PresenceStore;
+use presence_postgres::{PostgresConfig, PostgresStore, testing};
+
+struct Postgres;
+
+#[async_trait::async_trait]
+impl Backend for Postgres {
+    async fn open(&self, setup: &Setup) -> Arc<dyn PresenceStore> {
+        let url = testing::server_url().expect("checked by unavailable()");
+        let mut config = PostgresConfig::new(url);
+        config.schema = testing::unique_schema("conf");
+        config.pool_size = 4;
+        config.max_meta_bytes = setup.max_meta_bytes;
+        config.event_buffer = setup.event_buffer;
+        config.clock = Arc::new(setup.clock.clone());
+        Arc::new(
+            PostgresStore::connect(config)
+                .await
+                .expect("connect to the test server"),
+        )
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        testing::unavailable()
+    }
+}
+
+conformance::suite!(Postgres);
