@@ -9,30 +9,30 @@ CREATE TABLE {s}.entries (
     joined_at    bigint NOT NULL,
     last_seen_at bigint NOT NULL,
     PRIMARY KEY (topic, member, connection)
-);
-CREATE INDEX entries_by_last_seen ON {s}.entries (last_seen_at);
+) WITH (fillfactor = 70);
+-- No index on last_seen_at, on purpose: heartbeats change only that column,
+-- so without an index on it (and with room left in each page) they are HOT
+-- updates that write no index at all. sweep_all scans the table instead,
+-- which a periodic sweeper can afford.
 CREATE INDEX entries_by_member ON {s}.entries (member, connection);
 
--- Per-topic counts, so count reads one row.
+-- Per-topic counts, so count reads one row. Rewritten by every join and
+-- leave: half of each page is left free so those are HOT updates.
 CREATE TABLE {s}.topics (
     topic       text COLLATE "C" PRIMARY KEY,
     members     bigint NOT NULL,
     connections bigint NOT NULL
-);
+) WITH (fillfactor = 50);
 
 -- Every write to a topic holds the topic's transaction-level advisory lock,
 -- so member transitions and counts are exact across processes. Taken in
 -- one order (by hash) by every call, so calls over several topics never
 -- deadlock.
 CREATE FUNCTION {s}.lock_topics(p_topics text[]) RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    h integer;
-BEGIN
-    FOR h IN SELECT DISTINCT hashtext(t) FROM unnest(p_topics) AS t ORDER BY 1 LOOP
-        PERFORM pg_advisory_xact_lock(hashtext('{s}'), h);
-    END LOOP;
-END $$;
+LANGUAGE sql AS $$
+    SELECT count(pg_advisory_xact_lock(hashtext('{s}'), s.h))
+    FROM (SELECT DISTINCT hashtext(t) AS h FROM unnest(p_topics) AS t ORDER BY 1 OFFSET 0) AS s
+$$;
 
 CREATE FUNCTION {s}.entry_json(
     p_topic text, p_member text, p_connection text, p_meta text, p_joined bigint, p_seen bigint
@@ -45,18 +45,22 @@ LANGUAGE sql IMMUTABLE AS $$
         'last_seen_at', p_seen)
 $$;
 
--- Events go out with the transaction's commit, in commit order. A payload
--- over NOTIFY's limit becomes a resync for that topic.
+-- Events go out with the transaction's commit, in commit order. The
+-- payload is the topic's length in bytes, ':', the topic, then the event's
+-- JSON, so a listener routes it without parsing JSON. A payload over
+-- NOTIFY's limit becomes a resync for that topic.
+CREATE FUNCTION {s}.payload(p_topic text, p_event json) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT octet_length(p_topic) || ':' || p_topic || CASE
+        WHEN octet_length(p_event::text) + octet_length(p_topic) > 7900 THEN '{"type":"resync"}'
+        ELSE p_event::text
+    END
+$$;
+
 CREATE FUNCTION {s}.notify(p_topic text, p_event json) RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    payload text := json_build_object('topic', p_topic, 'event', p_event)::text;
-BEGIN
-    IF octet_length(payload) > 7900 THEN
-        payload := json_build_object('topic', p_topic, 'event', json_build_object('type', 'resync'))::text;
-    END IF;
-    PERFORM pg_notify('{s}', payload);
-END $$;
+LANGUAGE sql AS $$
+    SELECT pg_notify('{s}', {s}.payload(p_topic, p_event))
+$$;
 
 -- join and join_limited (p_max not null). Outcome: joined, rejoined, full.
 CREATE FUNCTION {s}.join(
@@ -129,47 +133,52 @@ CREATE TYPE {s}.departure AS (
 -- contract's order, the last of each member that has nothing left flagged.
 CREATE FUNCTION {s}.departed(p_rows {s}.entries[], p_reason text)
 RETURNS SETOF {s}.departure
-LANGUAGE plpgsql AS $$
-DECLARE
-    d record;
-    v {s}.departure;
-BEGIN
-    IF p_rows IS NULL THEN
-        RETURN;
-    END IF;
-    UPDATE {s}.topics t
-    SET connections = t.connections - c.n, members = t.members - c.gone
-    FROM (
+LANGUAGE sql AS $$
+    WITH removed AS (
+        SELECT * FROM unnest(p_rows)
+    ),
+    -- Which touched members have nothing left: checked once per member.
+    members AS (
+        -- LATERAL ... LIMIT 1: one index probe per member (see join_set).
+        SELECT g.topic, g.member, g.n, left_over.present IS NULL AS gone
+        FROM (SELECT x.topic, x.member, count(*) AS n FROM removed x GROUP BY x.topic, x.member) AS g
+        LEFT JOIN LATERAL (
+            SELECT true AS present FROM {s}.entries e
+            WHERE e.topic = g.topic AND e.member = g.member
+            LIMIT 1
+        ) AS left_over ON true
+    ),
+    per_topic AS (
         SELECT m.topic, sum(m.n) AS n, count(*) FILTER (WHERE m.gone) AS gone
-        FROM (
-            SELECT x.topic, x.member, count(*) AS n,
-                NOT EXISTS (SELECT 1 FROM {s}.entries e WHERE e.topic = x.topic AND e.member = x.member) AS gone
-            FROM unnest(p_rows) AS x
-            GROUP BY x.topic, x.member
-        ) AS m
-        GROUP BY m.topic
-    ) AS c
-    WHERE t.topic = c.topic;
-    DELETE FROM {s}.topics t
-    WHERE t.topic IN (SELECT x.topic FROM unnest(p_rows) AS x) AND t.connections <= 0;
-    FOR d IN
-        SELECT x.*,
-            (lead(x.member) OVER w IS DISTINCT FROM x.member OR lead(x.topic) OVER w IS DISTINCT FROM x.topic)
-            AND NOT EXISTS (SELECT 1 FROM {s}.entries e WHERE e.topic = x.topic AND e.member = x.member)
-            AS last
-        FROM unnest(p_rows) AS x
-        WINDOW w AS (ORDER BY x.topic, x.member, x.connection)
-        ORDER BY x.topic, x.member, x.connection
-    LOOP
-        PERFORM {s}.notify(d.topic, json_build_object('type', 'leave',
+        FROM members m GROUP BY m.topic
+    ),
+    recounted AS (
+        UPDATE {s}.topics t SET connections = t.connections - c.n, members = t.members - c.gone
+        FROM per_topic c WHERE t.topic = c.topic AND t.connections > c.n
+    ),
+    emptied AS (
+        DELETE FROM {s}.topics t USING per_topic c WHERE t.topic = c.topic AND t.connections <= c.n
+    ),
+    flagged AS (
+        SELECT x.topic, x.member, x.connection, x.meta, x.joined_at, x.last_seen_at,
+            m.gone AND row_number() OVER (PARTITION BY x.topic, x.member ORDER BY x.connection DESC) = 1
+                AS last
+        FROM removed x
+        JOIN members m ON m.topic = x.topic AND m.member = x.member
+    ),
+    notified AS (
+        SELECT {s}.notify(f.topic, json_build_object('type', 'leave',
             'departure', json_build_object(
-                'entry', {s}.entry_json(d.topic, d.member, d.connection, d.meta, d.joined_at, d.last_seen_at),
+                'entry', {s}.entry_json(f.topic, f.member, f.connection, f.meta, f.joined_at, f.last_seen_at),
                 'reason', p_reason,
-                'last_for_member', d.last)));
-        v := (d.topic, d.member, d.connection, d.meta, d.joined_at, d.last_seen_at, d.last);
-        RETURN NEXT v;
-    END LOOP;
-END $$;
+                'last_for_member', f.last)))
+        FROM (SELECT * FROM flagged ORDER BY topic, member, connection OFFSET 0) AS f
+    )
+    SELECT f.topic, f.member, f.connection, f.meta, f.joined_at, f.last_seen_at, f.last
+    FROM flagged f
+    CROSS JOIN (SELECT count(*) FROM notified) AS sent
+    ORDER BY f.topic, f.member, f.connection
+$$;
 
 CREATE FUNCTION {s}.leave(p_topic text, p_member text, p_connection text)
 RETURNS SETOF {s}.departure LANGUAGE plpgsql AS $$
@@ -233,4 +242,112 @@ BEGIN
         RETURNING e
     ) SELECT array_agg(d.e) INTO v_rows FROM d;
     RETURN QUERY SELECT * FROM {s}.departed(v_rows, 'expired');
+END $$;
+
+-- Coalesced calls: many callers' joins or leaves in one statement. The
+-- batch's topics are locked up front in the one order, then each request is
+-- applied in turn, exactly as if made alone (the per-call functions take
+-- the same locks again, which costs nothing once held).
+CREATE FUNCTION {s}.join_many(
+    p_topics text[], p_members text[], p_connections text[], p_metas text[],
+    p_nows bigint[], p_maxes bigint[]
+) RETURNS TABLE (r_i integer, r_outcome text, r_joined_at bigint, r_first boolean)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM {s}.lock_topics(p_topics);
+    FOR i IN 1 .. coalesce(array_length(p_topics, 1), 0) LOOP
+        RETURN QUERY SELECT i, j.r_outcome, j.r_joined_at, j.r_first
+        FROM {s}.join(p_topics[i], p_members[i], p_connections[i], p_metas[i], p_nows[i], p_maxes[i]) AS j;
+    END LOOP;
+END $$;
+
+CREATE FUNCTION {s}.leave_many(p_topics text[], p_members text[], p_connections text[])
+RETURNS TABLE (
+    r_i integer, topic text, member text, connection text, meta text,
+    joined_at bigint, last_seen_at bigint, last_for_member boolean
+)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM {s}.lock_topics(p_topics);
+    FOR i IN 1 .. coalesce(array_length(p_topics, 1), 0) LOOP
+        RETURN QUERY SELECT i, d.* FROM {s}.leave(p_topics[i], p_members[i], p_connections[i]) AS d;
+    END LOOP;
+END $$;
+
+-- The common batch in one set-based statement: joins without a member
+-- limit, every key once. (Batches with limits or repeated keys go through
+-- join_many, request by request.) The topics are locked first, so the state
+-- read here is the state the batch applies to.
+CREATE FUNCTION {s}.join_set(
+    p_topics text[], p_members text[], p_connections text[], p_metas text[], p_nows bigint[]
+) RETURNS TABLE (r_i integer, r_outcome text, r_joined_at bigint, r_first boolean)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM {s}.lock_topics(p_topics);
+    RETURN QUERY
+    WITH request AS (
+        SELECT r.i::integer AS i, r.t, r.m, r.c, r.meta, r.now
+        FROM unnest(p_topics, p_members, p_connections, p_metas, p_nows)
+            WITH ORDINALITY AS r (t, m, c, meta, now, i)
+    ),
+    before AS (
+        -- LATERAL ... LIMIT 1 cannot be flattened into a join: one index
+        -- probe per request, whatever the planner's statistics say (a plan
+        -- cached while the table was new would otherwise scan all of it).
+        SELECT q.*, e.meta AS old_meta, e.joined_at AS old_joined, p.present IS NOT NULL AS member_present
+        FROM request q
+        LEFT JOIN LATERAL (
+            SELECT y.meta, y.joined_at FROM {s}.entries y
+            WHERE y.topic = q.t AND y.member = q.m AND y.connection = q.c
+            LIMIT 1
+        ) AS e ON true
+        LEFT JOIN LATERAL (
+            SELECT true AS present FROM {s}.entries x
+            WHERE x.topic = q.t AND x.member = q.m
+            LIMIT 1
+        ) AS p ON true
+    ),
+    classified AS (
+        SELECT b.*, b.old_joined IS NOT NULL AS was_present,
+            coalesce(NOT b.member_present AND b.old_joined IS NULL
+                AND b.i = min(b.i) FILTER (WHERE b.old_joined IS NULL) OVER (PARTITION BY b.t, b.m), false)
+                AS first
+        FROM before b
+    ),
+    written AS (
+        INSERT INTO {s}.entries AS e (topic, member, connection, meta, joined_at, last_seen_at)
+        SELECT c.t, c.m, c.c, c.meta, c.now, c.now FROM classified c
+        ON CONFLICT (topic, member, connection) DO UPDATE
+        SET meta = excluded.meta, last_seen_at = excluded.last_seen_at
+    ),
+    counted AS (
+        INSERT INTO {s}.topics AS t (topic, members, connections)
+        SELECT c.t, count(*) FILTER (WHERE c.first), count(*) FILTER (WHERE NOT c.was_present)
+        FROM classified c
+        GROUP BY c.t
+        HAVING count(*) FILTER (WHERE NOT c.was_present) > 0
+        ON CONFLICT (topic) DO UPDATE
+        SET members = t.members + excluded.members, connections = t.connections + excluded.connections
+    ),
+    notified AS (
+        SELECT {s}.notify(c.t, CASE WHEN c.was_present
+            THEN json_build_object('type', 'update',
+                'entry', {s}.entry_json(c.t, c.m, c.c, c.meta, c.old_joined, c.now))
+            ELSE json_build_object('type', 'join',
+                'entry', {s}.entry_json(c.t, c.m, c.c, c.meta, c.now, c.now),
+                'first_for_member', c.first)
+            END)
+        FROM (
+            SELECT * FROM classified
+            WHERE NOT was_present OR old_meta IS DISTINCT FROM meta
+            ORDER BY i OFFSET 0
+        ) AS c
+    )
+    SELECT c.i,
+        CASE WHEN c.was_present THEN 'rejoined' ELSE 'joined' END,
+        coalesce(c.old_joined, c.now),
+        c.first
+    FROM classified c
+    CROSS JOIN (SELECT count(*) FROM notified) AS sent
+    ORDER BY c.i;
 END $$;

@@ -94,7 +94,7 @@ impl Listener {
         let token = self.nonce.wrapping_add(state.next_token);
         state.next_token += 1;
         state.pending.insert(token, (topic.clone(), sender));
-        (serde_json::json!({ "sync": token }).to_string(), receiver)
+        (format!("sync:{token}"), receiver)
     }
 
     /// Whether the listening connection is up now.
@@ -160,35 +160,43 @@ async fn listen(
     }
 }
 
+/// Routes one notification: `sync:<token>` from a `subscribe`, or
+/// `<topic length>:<topic><event JSON>` (see `payload` in the migration).
 fn dispatch(state: &Mutex<State>, payload: &str) {
-    let Ok(value) = serde_json::from_str::<Value>(payload) else {
-        return;
-    };
     let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(token) = value.get("sync").and_then(Value::as_u64) {
-        if let Some((topic, sender)) = state.pending.remove(&token) {
+    if let Some(token) = payload.strip_prefix("sync:") {
+        if let Some((topic, sender)) = token
+            .parse()
+            .ok()
+            .and_then(|t: u64| state.pending.remove(&t))
+        {
             let _ = sender.send(state.channels.subscribe(&topic));
         }
         return;
     }
-    let Some(topic) = value
-        .get("topic")
-        .and_then(Value::as_str)
-        .and_then(|t| Topic::new(t).ok())
+    let Some((length, rest)) = payload.split_once(':') else {
+        return;
+    };
+    let Some((topic, event)) = length
+        .parse()
+        .ok()
+        .and_then(|n: usize| rest.split_at_checked(n))
     else {
         return;
     };
-    let Some(event) = value.get("event") else {
+    let Ok(topic) = Topic::new(topic) else {
         return;
     };
-    let event = if event.get("type").and_then(Value::as_str) == Some("resync") {
-        Event::Resync
-    } else {
-        match serde_json::from_value::<Event>(event.clone()) {
-            Ok(event) => event,
+    // Only events someone here listens to are parsed.
+    state.channels.send(&topic, || {
+        let event = serde_json::from_str::<Value>(event).ok();
+        vec![match event {
+            Some(value) if value.get("type").and_then(Value::as_str) == Some("resync") => {
+                Event::Resync
+            }
             // An event this code cannot read: the subscriber must re-read.
-            Err(_) => Event::Resync,
-        }
-    };
-    state.channels.send(&topic, || vec![event]);
+            Some(value) => serde_json::from_value(value).unwrap_or(Event::Resync),
+            None => Event::Resync,
+        }]
+    });
 }

@@ -11,10 +11,12 @@ use presence_core::{
     Clock, ConnectionId, Counts, Departure, Entry, Error, EventStream, Joined, Member, MemberId,
     Meta, PresenceKey, PresenceStore, Reason, Result, Timestamp, Topic, check_batch,
 };
+use tokio::sync::Semaphore;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
+use crate::batch::Batcher;
 use crate::config::PostgresConfig;
 use crate::listener::Listener;
 use crate::schema::{db, migrate};
@@ -35,17 +37,37 @@ pub struct PostgresStore {
 
 struct Inner {
     config: PostgresConfig,
+    db: Arc<Db>,
+    listener: Listener,
+    joins: Batcher<JoinRequest, JoinAnswer>,
+    touches: Batcher<PresenceKey, bool>,
+    leaves: Batcher<PresenceKey, Option<Departure>>,
+}
+
+/// The pool and the statements: what calls and batches run on.
+struct Db {
     pool: Pool,
     sql: Sql,
-    listener: Listener,
 }
+
+/// One caller's join, as queued for a batch.
+struct JoinRequest {
+    key: PresenceKey,
+    meta: String,
+    now: i64,
+    max_members: Option<i64>,
+}
+
+/// The database's answer to one join: outcome, joined_at, first_for_member.
+type JoinAnswer = (String, Option<i64>, bool);
 
 /// The statements, rendered once for the schema.
 struct Sql {
-    join: String,
+    join_many: String,
+    join_set: String,
     update: String,
     touch: String,
-    leave: String,
+    leave_many: String,
     leave_member: String,
     disconnect: String,
     sweep: String,
@@ -61,8 +83,12 @@ impl Sql {
         let render = |template: &str| template.replace("{s}", schema);
         let entry_columns = "topic, member, connection, meta, joined_at, last_seen_at";
         Self {
-            join: render(
-                "SELECT r_outcome, r_joined_at, r_first FROM {s}.join($1, $2, $3, $4, $5, $6)",
+            join_many: render(
+                "SELECT r_i, r_outcome, r_joined_at, r_first \
+                 FROM {s}.join_many($1, $2, $3, $4, $5, $6)",
+            ),
+            join_set: render(
+                "SELECT r_i, r_outcome, r_joined_at, r_first FROM {s}.join_set($1, $2, $3, $4, $5)",
             ),
             update: render("SELECT r_joined_at FROM {s}.update($1, $2, $3, $4, $5)"),
             touch: render(
@@ -71,7 +97,10 @@ impl Sql {
                  WHERE e.topic = k.t AND e.member = k.m AND e.connection = k.c \
                  RETURNING e.topic, e.member, e.connection",
             ),
-            leave: render("SELECT * FROM {s}.leave($1, $2, $3)"),
+            leave_many: render(
+                "SELECT topic, member, connection, meta, joined_at, last_seen_at, last_for_member, r_i \
+                 FROM {s}.leave_many($1, $2, $3)",
+            ),
             leave_member: render("SELECT * FROM {s}.leave_member($1, $2)"),
             disconnect: render("SELECT * FROM {s}.disconnect($1, $2)"),
             sweep: render("SELECT * FROM {s}.sweep($1, $2)"),
@@ -107,16 +136,126 @@ fn read_entry(row: &Row) -> Result<Entry> {
     })
 }
 
+/// A departure from a row of the schema's `departure` type.
+fn read_departure(row: &Row, reason: Reason) -> Result<Departure> {
+    Ok(Departure {
+        entry: read_entry(row)?,
+        reason,
+        last_for_member: row.try_get(6).map_err(db)?,
+    })
+}
+
 fn read_departures(rows: &[Row], reason: Reason) -> Result<Vec<Departure>> {
-    rows.iter()
-        .map(|row| {
-            Ok(Departure {
-                entry: read_entry(row)?,
-                reason,
-                last_for_member: row.try_get(6).map_err(db)?,
+    rows.iter().map(|row| read_departure(row, reason)).collect()
+}
+
+fn key_columns(keys: &[PresenceKey]) -> (Vec<&str>, Vec<&str>, Vec<&str>) {
+    let topics = keys.iter().map(|k| k.topic.as_str()).collect();
+    let members = keys.iter().map(|k| k.member.as_str()).collect();
+    let connections = keys.iter().map(|k| k.connection.as_str()).collect();
+    (topics, members, connections)
+}
+
+impl Db {
+    /// Runs one statement on a pooled connection, again if it lost a
+    /// deadlock (a statement aborted by one changed nothing).
+    async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        let mut attempt = 0;
+        loop {
+            let client = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| Error::backend("postgres", e))?;
+            let statement = client.prepare_cached(sql).await.map_err(db)?;
+            match client.query(&statement, params).await {
+                Err(error)
+                    if error.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
+                        && attempt < DEADLOCK_RETRIES =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(1 << attempt)).await;
+                }
+                result => return result.map_err(db),
+            }
+        }
+    }
+
+    /// Many callers' joins in one statement; an answer per request, in order.
+    async fn join_batch(&self, requests: Vec<JoinRequest>) -> Result<Vec<JoinAnswer>> {
+        let keys: Vec<PresenceKey> = requests.iter().map(|r| r.key.clone()).collect();
+        let (topics, members, connections) = key_columns(&keys);
+        let metas: Vec<&str> = requests.iter().map(|r| r.meta.as_str()).collect();
+        let nows: Vec<i64> = requests.iter().map(|r| r.now).collect();
+        let maxes: Vec<Option<i64>> = requests.iter().map(|r| r.max_members).collect();
+        // Joins without limits, each key once, run set-based; anything else
+        // request by request.
+        let mut distinct = HashSet::with_capacity(keys.len());
+        let simple = maxes.iter().all(Option::is_none) && keys.iter().all(|k| distinct.insert(k));
+        let rows = if simple {
+            self.query(
+                &self.sql.join_set,
+                &[&topics, &members, &connections, &metas, &nows],
+            )
+            .await?
+        } else {
+            self.query(
+                &self.sql.join_many,
+                &[&topics, &members, &connections, &metas, &nows, &maxes],
+            )
+            .await?
+        };
+        let mut answers: Vec<(i32, JoinAnswer)> = rows
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0).map_err(db)?,
+                    (
+                        row.try_get(1).map_err(db)?,
+                        row.try_get(2).map_err(db)?,
+                        row.try_get(3).map_err(db)?,
+                    ),
+                ))
             })
-        })
-        .collect()
+            .collect::<Result<_>>()?;
+        answers.sort_by_key(|(i, _)| *i);
+        Ok(answers.into_iter().map(|(_, answer)| answer).collect())
+    }
+
+    /// Refreshes `last_seen_at` of `keys`; whether each was present.
+    async fn touch_batch(&self, keys: &[PresenceKey], now: i64) -> Result<Vec<bool>> {
+        let (topics, members, connections) = key_columns(keys);
+        let rows = self
+            .query(&self.sql.touch, &[&topics, &members, &connections, &now])
+            .await?;
+        let touched: HashSet<(&str, &str, &str)> = rows
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect();
+        Ok(keys
+            .iter()
+            .map(|k| {
+                touched.contains(&(k.topic.as_str(), k.member.as_str(), k.connection.as_str()))
+            })
+            .collect())
+    }
+
+    /// Many callers' leaves in one statement; a departure (or none) per key.
+    async fn leave_batch(&self, keys: Vec<PresenceKey>) -> Result<Vec<Option<Departure>>> {
+        let (topics, members, connections) = key_columns(&keys);
+        let rows = self
+            .query(&self.sql.leave_many, &[&topics, &members, &connections])
+            .await?;
+        let mut answers: Vec<Option<Departure>> = vec![None; keys.len()];
+        for row in &rows {
+            let i: i32 = row.try_get(7).map_err(db)?;
+            let slot = answers.get_mut((i - 1) as usize).ok_or_else(|| {
+                Error::backend("postgres", "leave_many answered a request it was not given")
+            })?;
+            *slot = Some(read_departure(row, Reason::Left)?);
+        }
+        Ok(answers)
+    }
 }
 
 impl PostgresStore {
@@ -156,12 +295,49 @@ impl PostgresStore {
             migrate(&mut client, &schema).await?;
         }
         let listener = Listener::start(listen, schema.clone(), config.event_buffer).await?;
+        // Postgres commits transactions that sent NOTIFY one at a time, so
+        // join and leave batches gain nothing from running side by side:
+        // each kind runs one batch at a time, and everything that arrives
+        // meanwhile rides in the next. Touches send nothing and may use all
+        // but two pooled connections at once.
+        let one_at_a_time = || Arc::new(Semaphore::new(1));
+        let touch_permits = Arc::new(Semaphore::new(
+            pool.status().max_size.saturating_sub(2).max(1),
+        ));
+        let db = Arc::new(Db {
+            pool,
+            sql: Sql::new(&schema),
+        });
+        let joins = {
+            let db = db.clone();
+            Batcher::start(one_at_a_time(), move |requests| {
+                let db = db.clone();
+                async move { db.join_batch(requests).await }
+            })
+        };
+        let touches = {
+            let (db, clock) = (db.clone(), config.clock.clone());
+            Batcher::start(touch_permits, move |keys: Vec<PresenceKey>| {
+                let db = db.clone();
+                let now = clock.now().as_millis();
+                async move { db.touch_batch(&keys, now).await }
+            })
+        };
+        let leaves = {
+            let db = db.clone();
+            Batcher::start(one_at_a_time(), move |keys| {
+                let db = db.clone();
+                async move { db.leave_batch(keys).await }
+            })
+        };
         Ok(Self {
             inner: Arc::new(Inner {
-                sql: Sql::new(&schema),
                 config,
-                pool,
+                db,
                 listener,
+                joins,
+                touches,
+                leaves,
             }),
         })
     }
@@ -173,7 +349,7 @@ impl PostgresStore {
 
     /// The connection pool, for the app's own queries.
     pub fn pool(&self) -> &Pool {
-        &self.inner.pool
+        &self.inner.db.pool
     }
 
     /// Whether the event listener is connected right now.
@@ -185,28 +361,12 @@ impl PostgresStore {
         self.inner.config.clock.now().as_millis()
     }
 
-    /// Runs one statement on a pooled connection, again if it lost a deadlock.
     async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
-        let mut attempt = 0;
-        loop {
-            let client = self
-                .inner
-                .pool
-                .get()
-                .await
-                .map_err(|e| Error::backend("postgres", e))?;
-            let statement = client.prepare_cached(sql).await.map_err(db)?;
-            match client.query(&statement, params).await {
-                Err(error)
-                    if error.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
-                        && attempt < DEADLOCK_RETRIES =>
-                {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(1 << attempt)).await;
-                }
-                result => return result.map_err(db),
-            }
-        }
+        self.inner.db.query(sql, params).await
+    }
+
+    fn sql(&self) -> &Sql {
+        &self.inner.db.sql
     }
 
     async fn join_inner(
@@ -217,31 +377,28 @@ impl PostgresStore {
     ) -> Result<Joined> {
         meta.check_size(self.inner.config.max_meta_bytes)?;
         let now = self.now();
-        let max = max_members.map(i64::from);
-        let rows = self
-            .query(
-                &self.inner.sql.join,
-                &[
-                    &key.topic.as_str(),
-                    &key.member.as_str(),
-                    &key.connection.as_str(),
-                    &meta.to_json(),
-                    &now,
-                    &max,
-                ],
-            )
-            .await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| Error::backend("postgres", "join returned no row"))?;
-        let outcome: &str = row.try_get(0).map_err(db)?;
-        if outcome == "full" {
-            return Err(Error::TopicFull {
-                topic: key.topic.clone(),
-                max_members: max_members.unwrap_or(0),
-            });
-        }
-        let joined_at: i64 = row.try_get(1).map_err(db)?;
+        let request = JoinRequest {
+            key: key.clone(),
+            meta: meta.to_json(),
+            now,
+            max_members: max_members.map(i64::from),
+        };
+        let (outcome, joined_at, first_for_member) = self.inner.joins.call(request).await?;
+        let joined_at = match (outcome.as_str(), joined_at) {
+            ("full", _) => {
+                return Err(Error::TopicFull {
+                    topic: key.topic.clone(),
+                    max_members: max_members.unwrap_or(0),
+                });
+            }
+            (_, Some(joined_at)) => joined_at,
+            (other, None) => {
+                return Err(Error::backend(
+                    "postgres",
+                    format!("join answered {other:?} without a time"),
+                ));
+            }
+        };
         Ok(Joined {
             entry: Entry {
                 key: key.clone(),
@@ -249,35 +406,9 @@ impl PostgresStore {
                 joined_at: Timestamp::from_millis(joined_at),
                 last_seen_at: Timestamp::from_millis(now),
             },
-            first_for_member: row.try_get(2).map_err(db)?,
+            first_for_member,
             was_present: outcome == "rejoined",
         })
-    }
-
-    async fn touch_keys(&self, keys: &[PresenceKey]) -> Result<Vec<PresenceKey>> {
-        let topics: Vec<&str> = keys.iter().map(|k| k.topic.as_str()).collect();
-        let members: Vec<&str> = keys.iter().map(|k| k.member.as_str()).collect();
-        let connections: Vec<&str> = keys.iter().map(|k| k.connection.as_str()).collect();
-        let now = self.now();
-        let rows = self
-            .query(
-                &self.inner.sql.touch,
-                &[&topics, &members, &connections, &now],
-            )
-            .await?;
-        let touched: HashSet<(&str, &str, &str)> = rows
-            .iter()
-            .map(|row| (row.get(0), row.get(1), row.get(2)))
-            .collect();
-        let mut seen = HashSet::new();
-        Ok(keys
-            .iter()
-            .filter(|k| {
-                !touched.contains(&(k.topic.as_str(), k.member.as_str(), k.connection.as_str()))
-            })
-            .filter(|k| seen.insert(*k))
-            .cloned()
-            .collect())
     }
 }
 
@@ -308,18 +439,14 @@ impl PresenceStore for PostgresStore {
     async fn update(&self, key: &PresenceKey, meta: Meta) -> Result<Option<Entry>> {
         meta.check_size(self.inner.config.max_meta_bytes)?;
         let now = self.now();
-        let rows = self
-            .query(
-                &self.inner.sql.update,
-                &[
-                    &key.topic.as_str(),
-                    &key.member.as_str(),
-                    &key.connection.as_str(),
-                    &meta.to_json(),
-                    &now,
-                ],
-            )
-            .await?;
+        let params: [&(dyn ToSql + Sync); 5] = [
+            &key.topic.as_str(),
+            &key.member.as_str(),
+            &key.connection.as_str(),
+            &meta.to_json(),
+            &now,
+        ];
+        let rows = self.query(&self.sql().update, &params).await?;
         let Some(row) = rows.first() else {
             return Ok(None);
         };
@@ -332,7 +459,7 @@ impl PresenceStore for PostgresStore {
     }
 
     async fn touch(&self, key: &PresenceKey) -> Result<bool> {
-        Ok(self.touch_keys(std::slice::from_ref(key)).await?.is_empty())
+        self.inner.touches.call(key.clone()).await
     }
 
     async fn touch_many(&self, keys: &[PresenceKey]) -> Result<Vec<PresenceKey>> {
@@ -340,23 +467,24 @@ impl PresenceStore for PostgresStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        self.touch_keys(keys).await
+        let present = self.inner.db.touch_batch(keys, self.now()).await?;
+        let mut seen = HashSet::new();
+        Ok(keys
+            .iter()
+            .zip(present)
+            .filter(|(key, present)| !present && seen.insert(*key))
+            .map(|(key, _)| key.clone())
+            .collect())
     }
 
     async fn leave(&self, key: &PresenceKey) -> Result<Option<Departure>> {
-        let params: [&(dyn ToSql + Sync); 3] = [
-            &key.topic.as_str(),
-            &key.member.as_str(),
-            &key.connection.as_str(),
-        ];
-        let rows = self.query(&self.inner.sql.leave, &params).await?;
-        Ok(read_departures(&rows, Reason::Left)?.pop())
+        self.inner.leaves.call(key.clone()).await
     }
 
     async fn leave_member(&self, topic: &Topic, member: &MemberId) -> Result<Vec<Departure>> {
         let rows = self
             .query(
-                &self.inner.sql.leave_member,
+                &self.sql().leave_member,
                 &[&topic.as_str(), &member.as_str()],
             )
             .await?;
@@ -370,7 +498,7 @@ impl PresenceStore for PostgresStore {
     ) -> Result<Vec<Departure>> {
         let rows = self
             .query(
-                &self.inner.sql.disconnect,
+                &self.sql().disconnect,
                 &[&member.as_str(), &connection.as_str()],
             )
             .await?;
@@ -378,25 +506,21 @@ impl PresenceStore for PostgresStore {
     }
 
     async fn members(&self, topic: &Topic) -> Result<Vec<Member>> {
-        let rows = self
-            .query(&self.inner.sql.members, &[&topic.as_str()])
-            .await?;
+        let rows = self.query(&self.sql().members, &[&topic.as_str()]).await?;
         let entries = rows.iter().map(read_entry).collect::<Result<Vec<_>>>()?;
         Ok(Member::group(entries))
     }
 
     async fn member(&self, topic: &Topic, member: &MemberId) -> Result<Option<Member>> {
         let rows = self
-            .query(&self.inner.sql.member, &[&topic.as_str(), &member.as_str()])
+            .query(&self.sql().member, &[&topic.as_str(), &member.as_str()])
             .await?;
         let entries = rows.iter().map(read_entry).collect::<Result<Vec<_>>>()?;
         Ok(Member::group(entries).pop())
     }
 
     async fn count(&self, topic: &Topic) -> Result<Counts> {
-        let rows = self
-            .query(&self.inner.sql.count, &[&topic.as_str()])
-            .await?;
+        let rows = self.query(&self.sql().count, &[&topic.as_str()]).await?;
         Ok(match rows.first() {
             Some(row) => Counts {
                 members: row.try_get::<_, i64>(0).map_err(db)?.max(0) as u64,
@@ -409,7 +533,7 @@ impl PresenceStore for PostgresStore {
     async fn sweep(&self, topic: &Topic, older_than: Timestamp) -> Result<Vec<Departure>> {
         let rows = self
             .query(
-                &self.inner.sql.sweep,
+                &self.sql().sweep,
                 &[&Some(topic.as_str()), &older_than.as_millis()],
             )
             .await?;
@@ -418,17 +542,14 @@ impl PresenceStore for PostgresStore {
 
     async fn sweep_all(&self, older_than: Timestamp) -> Result<Vec<Departure>> {
         let rows = self
-            .query(
-                &self.inner.sql.sweep,
-                &[&None::<&str>, &older_than.as_millis()],
-            )
+            .query(&self.sql().sweep, &[&None::<&str>, &older_than.as_millis()])
             .await?;
         read_departures(&rows, Reason::Expired)
     }
 
     async fn topics_of(&self, member: &MemberId) -> Result<Vec<Topic>> {
         let rows = self
-            .query(&self.inner.sql.topics_of, &[&member.as_str()])
+            .query(&self.sql().topics_of, &[&member.as_str()])
             .await?;
         rows.iter()
             .map(|row| Topic::new(row.try_get::<_, &str>(0).map_err(db)?).map_err(corrupt))
@@ -437,7 +558,7 @@ impl PresenceStore for PostgresStore {
 
     async fn subscribe(&self, topic: &Topic) -> Result<EventStream> {
         let (token, stream) = self.inner.listener.prepare(topic);
-        self.query(&self.inner.sql.notify, &[&token]).await?;
+        self.query(&self.sql().notify, &[&token]).await?;
         match tokio::time::timeout(Duration::from_secs(30), stream).await {
             Ok(Ok(stream)) => Ok(stream),
             _ => Err(Error::backend(

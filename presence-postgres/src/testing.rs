@@ -19,6 +19,16 @@ use std::time::{Duration, Instant};
 /// Where the test server is, or why there is none.
 static SERVER: OnceLock<Result<String, String>> = OnceLock::new();
 
+/// Whether a server started here syncs its commits to disk.
+static DURABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes a server started by this process sync commits to disk, as in
+/// production (benches want that; tests run faster without). Call before
+/// the first [`server_url`].
+pub fn prefer_durable_server() {
+    DURABLE.store(true, Ordering::Relaxed);
+}
+
 /// The URL of the test server, starting one if needed; `None` (after a loud
 /// message) when there is none and none is required.
 pub fn server_url() -> Option<String> {
@@ -144,7 +154,7 @@ fn start(bin: &Path) -> Result<String, String> {
     // removes its files) once this test process is gone.
     let server = format!(
         "'{postgres}' -D '{data}' -p {port} -k '{dir}' -c listen_addresses=127.0.0.1 \
-         -c max_connections=300 -c fsync=off > '{log}' 2>&1 & pid=$!; \
+         -c max_connections=300 -c fsync={fsync} > '{log}' 2>&1 & pid=$!; \
          while [ -d /proc/{parent} ] && kill -0 $pid 2>/dev/null; do sleep 1; done; \
          kill -INT $pid 2>/dev/null; wait $pid; rm -rf '{dir}'",
         postgres = bin.join("postgres").display(),
@@ -152,6 +162,11 @@ fn start(bin: &Path) -> Result<String, String> {
         dir = dir.display(),
         log = dir.join("server.log").display(),
         parent = std::process::id(),
+        fsync = if DURABLE.load(Ordering::Relaxed) {
+            "on"
+        } else {
+            "off"
+        },
     );
     shell(&server)
         .stdin(std::process::Stdio::null())

@@ -1,0 +1,211 @@
+//! Criterion benches of the Postgres store against a baseline written here
+//! that issues one statement per call, the way the pgbus gem does (an upsert
+//! per join, an update per touch), on a pool of 8. Both run on one server
+//! started by the test harness with fsync on (or `PRESENCE_PG_URL`), in
+//! schemas of their own. Run with `cargo bench -p benches --bench postgres`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use benches::{join_concurrently, room_keys, spread_keys};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use presence_core::{PresenceKey, PresenceStore, Timestamp};
+use presence_postgres::{PostgresConfig, PostgresStore, testing};
+use tokio::runtime::Runtime;
+use tokio_postgres::NoTls;
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn url() -> String {
+    testing::prefer_durable_server();
+    testing::server_url().expect("a Postgres server for the benches")
+}
+
+fn store(rt: &Runtime, label: &str) -> Arc<PostgresStore> {
+    let mut config = PostgresConfig::new(url());
+    config.schema = testing::unique_schema(label);
+    config.pool_size = 8;
+    Arc::new(rt.block_on(PostgresStore::connect(config)).unwrap())
+}
+
+/// The baseline: one statement per call on a pool of 8, as pgbus does.
+struct OneStatementPerCall {
+    pool: Pool,
+    schema: String,
+}
+
+impl OneStatementPerCall {
+    async fn new(url: &str) -> Self {
+        let manager = Manager::from_config(
+            url.parse().unwrap(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager).max_size(8).build().unwrap();
+        let schema = testing::unique_schema("baseline");
+        pool.get()
+            .await
+            .unwrap()
+            .batch_execute(&format!(
+                "CREATE SCHEMA {schema};
+                 CREATE TABLE {schema}.presences (
+                     channel text NOT NULL, identity text NOT NULL, connection text NOT NULL,
+                     metadata jsonb NOT NULL DEFAULT '{{}}', joined_at bigint NOT NULL, last_seen_at bigint NOT NULL,
+                     PRIMARY KEY (channel, identity, connection));
+                 CREATE INDEX ON {schema}.presences (last_seen_at);"
+            ))
+            .await
+            .unwrap();
+        Self { pool, schema }
+    }
+
+    async fn join(&self, key: &PresenceKey) {
+        let client = self.pool.get().await.unwrap();
+        let sql = format!(
+            "INSERT INTO {}.presences VALUES ($1, $2, $3, '{{}}', $4, $4) \
+             ON CONFLICT (channel, identity, connection) DO UPDATE SET last_seen_at = EXCLUDED.last_seen_at",
+            self.schema
+        );
+        let statement = client.prepare_cached(&sql).await.unwrap();
+        let now = presence_core::Clock::now(&presence_core::SystemClock).as_millis();
+        client
+            .execute(
+                &statement,
+                &[
+                    &key.topic.as_str(),
+                    &key.member.as_str(),
+                    &key.connection.as_str(),
+                    &now,
+                ],
+            )
+            .await
+            .unwrap();
+    }
+}
+
+fn fresh_keys(next: &AtomicUsize, n: usize) -> Vec<PresenceKey> {
+    let first = next.fetch_add(n, Ordering::Relaxed);
+    (first..first + n)
+        .map(|i| {
+            PresenceKey::new(format!("topic-{}", i % 1_000), format!("member-{i}"), "c").unwrap()
+        })
+        .collect()
+}
+
+fn joins(c: &mut Criterion) {
+    let rt = runtime();
+    let ours = store(&rt, "bench_joins");
+    let baseline = Arc::new(rt.block_on(OneStatementPerCall::new(&url())));
+    let next = AtomicUsize::new(0);
+    let mut group = c.benchmark_group("postgres/join_new_keys_64_tasks");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("coalesced", |b| {
+        b.iter_custom(|iters| {
+            let keys = fresh_keys(&next, iters as usize);
+            let store: Arc<dyn PresenceStore> = ours.clone();
+            rt.block_on(join_concurrently(store, keys, 64))
+        })
+    });
+    group.bench_function("one_statement_per_call", |b| {
+        b.iter_custom(|iters| {
+            let keys = fresh_keys(&next, iters as usize);
+            let baseline = baseline.clone();
+            rt.block_on(async move {
+                let chunk = keys.len().div_ceil(64).max(1);
+                let start = Instant::now();
+                let tasks: Vec<_> = keys
+                    .chunks(chunk)
+                    .map(|share| {
+                        let (baseline, share) = (baseline.clone(), share.to_vec());
+                        tokio::spawn(async move {
+                            for key in &share {
+                                baseline.join(key).await;
+                            }
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await.unwrap();
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+}
+
+fn touch_many_and_count(c: &mut Criterion) {
+    let rt = runtime();
+    let store = store(&rt, "bench_reads");
+    let keys = spread_keys(1_000, 100);
+    rt.block_on(join_concurrently(store.clone(), keys.clone(), 64));
+    let mut group = c.benchmark_group("postgres");
+    group.throughput(Throughput::Elements(keys.len() as u64));
+    group.bench_function("touch_many_1000", |b| {
+        b.iter(|| black_box(rt.block_on(store.touch_many(&keys)).unwrap()))
+    });
+    let room = room_keys("big-room", 100_000, 1);
+    rt.block_on(join_concurrently(store.clone(), room.clone(), 64));
+    let topic = room[0].topic.clone();
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("count_100000_members", |b| {
+        b.iter(|| black_box(rt.block_on(store.count(&topic)).unwrap()))
+    });
+    group.finish();
+}
+
+fn sweeps(c: &mut Criterion) {
+    let rt = runtime();
+    let store = store(&rt, "bench_sweep");
+    let schema = store.config().schema.clone();
+    let mut group = c.benchmark_group("postgres");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(30));
+    group.bench_function("sweep_all_100000_expired", |b| {
+        b.iter_batched(
+            || {
+                // Setup, not measured: 100,000 entries over 1,000 topics,
+                // all last seen at 0, inserted with one statement.
+                rt.block_on(async {
+                    let client = store.pool().get().await.unwrap();
+                    client
+                        .batch_execute(&format!(
+                            "INSERT INTO {schema}.entries
+                             SELECT 'topic-' || (i % 1000), 'member-' || i, 'c', '{{}}', 0, 0
+                             FROM generate_series(0, 99999) AS i;
+                             INSERT INTO {schema}.topics
+                             SELECT 'topic-' || t, 100, 100 FROM generate_series(0, 999) AS t;"
+                        ))
+                        .await
+                        .unwrap();
+                    client
+                        .batch_execute(&format!("VACUUM ANALYZE {schema}.entries"))
+                        .await
+                        .unwrap();
+                })
+            },
+            |()| {
+                let swept = rt
+                    .block_on(store.sweep_all(Timestamp::from_millis(1)))
+                    .unwrap();
+                assert_eq!(swept.len(), 100_000);
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, joins, touch_many_and_count, sweeps);
+criterion_main!(benches);
