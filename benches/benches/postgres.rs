@@ -171,7 +171,7 @@ fn sweeps(c: &mut Criterion) {
     let schema = store.config().schema.clone();
     let mut group = c.benchmark_group("postgres");
     group.sample_size(10);
-    group.measurement_time(Duration::from_secs(30));
+    group.measurement_time(Duration::from_secs(10));
     group.bench_function("sweep_all_100000_expired", |b| {
         b.iter_batched(
             || {

@@ -34,95 +34,15 @@ LANGUAGE sql AS $$
     FROM (SELECT DISTINCT hashtext(t) AS h FROM unnest(p_topics) AS t ORDER BY 1 OFFSET 0) AS s
 $$;
 
--- Events are JSON text built by concatenation (building them as json
--- values costs several times more, which sweeping 100,000 entries
--- notices); to_json escapes the ids, and meta is stored as the compact
--- JSON it came as.
-CREATE FUNCTION {s}.entry_text(
-    p_topic text, p_member text, p_connection text, p_meta text, p_joined bigint, p_seen bigint
-) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT '{"key":{"topic":' || to_json(p_topic)::text
-        || ',"member":' || to_json(p_member)::text
-        || ',"connection":' || to_json(p_connection)::text
-        || '},"meta":' || p_meta
-        || ',"joined_at":' || p_joined
-        || ',"last_seen_at":' || p_seen || '}'
-$$;
+-- Events are not built here: each function returns what it did, and the
+-- store turns that into events and NOTIFYs them in the same transaction
+-- (so they go out on commit, in commit order), with the events' own serde.
 
-CREATE FUNCTION {s}.join_text(p_entry text, p_first boolean) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT '{"type":"join","entry":' || p_entry || ',"first_for_member":' || p_first::text || '}'
-$$;
-
-CREATE FUNCTION {s}.update_text(p_entry text) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT '{"type":"update","entry":' || p_entry || '}'
-$$;
-
-CREATE FUNCTION {s}.leave_text(p_entry text, p_reason text, p_last boolean) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT '{"type":"leave","departure":{"entry":' || p_entry || ',"reason":"' || p_reason
-        || '","last_for_member":' || p_last::text || '}}'
-$$;
-
--- Events go out with the transaction's commit, in commit order, many to a
--- NOTIFY. Each event is a piece: the topic's length in bytes, ':', the
--- event's length, ':', the topic, the event's JSON; so a listener routes
--- pieces without parsing JSON. An event too large for a NOTIFY becomes a
--- resync for its topic.
-CREATE FUNCTION {s}.piece(p_topic text, p_event text) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE
-        WHEN octet_length(p_event) + octet_length(p_topic) > 7850
-            THEN octet_length(p_topic) || ':17:' || p_topic || '{"type":"resync"}'
-        ELSE octet_length(p_topic) || ':' || octet_length(p_event) || ':' || p_topic || p_event
-    END
-$$;
-
--- Sends pieces in order, as few NOTIFYs as fit (NOTIFY takes 8,000 bytes).
--- Each payload starts with a number new to the session: Postgres drops a
--- payload identical to one already sent in the transaction, and two equal
--- events in one transaction must both arrive.
-CREATE FUNCTION {s}.send(p_pieces text[]) RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    -- Pieces are collected in an array (appended in place) and joined once
-    -- per NOTIFY: appending to a text would copy it for every piece.
-    parts text[] := '{}';
-    size integer := 0;
-    piece text;
-BEGIN
-    FOREACH piece IN ARRAY coalesce(p_pieces, '{}'::text[]) LOOP
-        IF size > 0 AND size + octet_length(piece) > 7900 THEN
-            PERFORM pg_notify('{s}', {s}.numbered(array_to_string(parts, '')));
-            parts := '{}';
-            size := 0;
-        END IF;
-        parts := parts || piece;
-        size := size + octet_length(piece);
-    END LOOP;
-    IF size > 0 THEN
-        PERFORM pg_notify('{s}', {s}.numbered(array_to_string(parts, '')));
-    END IF;
-END $$;
-
-CREATE FUNCTION {s}.numbered(p_payload text) RETURNS text
-LANGUAGE sql AS $$
-    SELECT set_config('presence.sent',
-        (coalesce(nullif(current_setting('presence.sent', true), ''), '0')::bigint + 1)::text, false)
-        || '|' || p_payload
-$$;
-
-CREATE FUNCTION {s}.notify(p_topic text, p_event text) RETURNS void
-LANGUAGE sql AS $$
-    SELECT {s}.send(ARRAY[{s}.piece(p_topic, p_event)])
-$$;
-
--- join and join_limited (p_max not null). Outcome: joined, rejoined, full.
+-- join and join_limited (p_max not null). Outcome: joined, rejoined, full;
+-- r_changed: a rejoin replaced the meta with a different one.
 CREATE FUNCTION {s}.join(
     p_topic text, p_member text, p_connection text, p_meta text, p_now bigint, p_max bigint
-) RETURNS TABLE (r_outcome text, r_joined_at bigint, r_first boolean)
+) RETURNS TABLE (r_outcome text, r_joined_at bigint, r_first boolean, r_changed boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_meta text;
@@ -136,18 +56,14 @@ BEGIN
     IF FOUND THEN
         UPDATE {s}.entries e SET meta = p_meta, last_seen_at = p_now
         WHERE e.topic = p_topic AND e.member = p_member AND e.connection = p_connection;
-        IF v_meta IS DISTINCT FROM p_meta THEN
-            PERFORM {s}.notify(p_topic, {s}.update_text(
-                {s}.entry_text(p_topic, p_member, p_connection, p_meta, v_joined, p_now)));
-        END IF;
-        RETURN QUERY SELECT 'rejoined'::text, v_joined, false;
+        RETURN QUERY SELECT 'rejoined'::text, v_joined, false, v_meta IS DISTINCT FROM p_meta;
         RETURN;
     END IF;
     v_present := EXISTS (SELECT 1 FROM {s}.entries e WHERE e.topic = p_topic AND e.member = p_member);
     IF p_max IS NOT NULL AND NOT v_present THEN
         SELECT t.members INTO v_members FROM {s}.topics t WHERE t.topic = p_topic;
         IF coalesce(v_members, 0) >= p_max THEN
-            RETURN QUERY SELECT 'full'::text, NULL::bigint, false;
+            RETURN QUERY SELECT 'full'::text, NULL::bigint, false, false;
             RETURN;
         END IF;
     END IF;
@@ -155,9 +71,7 @@ BEGIN
     INSERT INTO {s}.topics AS t VALUES (p_topic, CASE WHEN v_present THEN 0 ELSE 1 END, 1)
     ON CONFLICT (topic) DO UPDATE
     SET members = t.members + excluded.members, connections = t.connections + 1;
-    PERFORM {s}.notify(p_topic, {s}.join_text(
-        {s}.entry_text(p_topic, p_member, p_connection, p_meta, p_now, p_now), NOT v_present));
-    RETURN QUERY SELECT 'joined'::text, p_now, NOT v_present;
+    RETURN QUERY SELECT 'joined'::text, p_now, NOT v_present, false;
 END $$;
 
 -- update: no row when the entry is absent.
@@ -174,8 +88,6 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
-    PERFORM {s}.notify(p_topic, {s}.update_text(
-        {s}.entry_text(p_topic, p_member, p_connection, p_meta, v_joined, p_now)));
     RETURN QUERY SELECT v_joined;
 END $$;
 
@@ -185,9 +97,9 @@ CREATE TYPE {s}.departure AS (
 );
 
 -- What every removal shares: given the rows one call deleted (its topics
--- locked), fix the counts, emit the leaves and return the departures in the
--- contract's order, the last of each member that has nothing left flagged.
-CREATE FUNCTION {s}.departed(p_rows {s}.entries[], p_reason text)
+-- locked), fix the counts and return the departures in the contract's
+-- order, the last of each member that has nothing left flagged.
+CREATE FUNCTION {s}.departed(p_rows {s}.entries[])
 RETURNS SETOF {s}.departure
 LANGUAGE sql AS $$
     WITH removed AS (
@@ -221,17 +133,9 @@ LANGUAGE sql AS $$
                 AS last
         FROM removed x
         JOIN members m ON m.topic = x.topic AND m.member = x.member
-    ),
-    notified AS (
-        SELECT {s}.send(array_agg({s}.piece(f.topic, {s}.leave_text(
-            {s}.entry_text(f.topic, f.member, f.connection, f.meta, f.joined_at, f.last_seen_at),
-            p_reason, f.last)) ORDER BY f.topic, f.member, f.connection))
-        FROM flagged f
     )
     SELECT f.topic, f.member, f.connection, f.meta, f.joined_at, f.last_seen_at, f.last
     FROM flagged f
-    -- Runs once (an InitPlan) and makes sure the events are sent.
-    WHERE (SELECT count(*) FROM notified) >= 0
     ORDER BY f.topic, f.member, f.connection
 $$;
 
@@ -246,7 +150,7 @@ BEGIN
         WHERE e.topic = p_topic AND e.member = p_member AND e.connection = p_connection
         RETURNING e
     ) SELECT array_agg(d.e) INTO v_rows FROM d;
-    RETURN QUERY SELECT * FROM {s}.departed(v_rows, 'left');
+    RETURN QUERY SELECT * FROM {s}.departed(v_rows);
 END $$;
 
 CREATE FUNCTION {s}.leave_member(p_topic text, p_member text)
@@ -258,7 +162,7 @@ BEGIN
     WITH d AS (
         DELETE FROM {s}.entries e WHERE e.topic = p_topic AND e.member = p_member RETURNING e
     ) SELECT array_agg(d.e) INTO v_rows FROM d;
-    RETURN QUERY SELECT * FROM {s}.departed(v_rows, 'left');
+    RETURN QUERY SELECT * FROM {s}.departed(v_rows);
 END $$;
 
 CREATE FUNCTION {s}.disconnect(p_member text, p_connection text)
@@ -275,7 +179,7 @@ BEGIN
         WHERE e.member = p_member AND e.connection = p_connection AND e.topic = ANY (v_topics)
         RETURNING e
     ) SELECT array_agg(d.e) INTO v_rows FROM d;
-    RETURN QUERY SELECT * FROM {s}.departed(v_rows, 'disconnected');
+    RETURN QUERY SELECT * FROM {s}.departed(v_rows);
 END $$;
 
 -- sweep (p_topic given) and sweep_all (p_topic null).
@@ -296,7 +200,7 @@ BEGIN
         WHERE e.topic = ANY (v_topics) AND e.last_seen_at < p_older_than
         RETURNING e
     ) SELECT array_agg(d.e) INTO v_rows FROM d;
-    RETURN QUERY SELECT * FROM {s}.departed(v_rows, 'expired');
+    RETURN QUERY SELECT * FROM {s}.departed(v_rows);
 END $$;
 
 -- Coalesced calls: many callers' joins or leaves in one statement. The
@@ -306,12 +210,12 @@ END $$;
 CREATE FUNCTION {s}.join_many(
     p_topics text[], p_members text[], p_connections text[], p_metas text[],
     p_nows bigint[], p_maxes bigint[]
-) RETURNS TABLE (r_i integer, r_outcome text, r_joined_at bigint, r_first boolean)
+) RETURNS TABLE (r_i integer, r_outcome text, r_joined_at bigint, r_first boolean, r_changed boolean)
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM {s}.lock_topics(p_topics);
     FOR i IN 1 .. coalesce(array_length(p_topics, 1), 0) LOOP
-        RETURN QUERY SELECT i, j.r_outcome, j.r_joined_at, j.r_first
+        RETURN QUERY SELECT i, j.r_outcome, j.r_joined_at, j.r_first, j.r_changed
         FROM {s}.join(p_topics[i], p_members[i], p_connections[i], p_metas[i], p_nows[i], p_maxes[i]) AS j;
     END LOOP;
 END $$;
@@ -335,7 +239,7 @@ END $$;
 -- read here is the state the batch applies to.
 CREATE FUNCTION {s}.join_set(
     p_topics text[], p_members text[], p_connections text[], p_metas text[], p_nows bigint[]
-) RETURNS TABLE (r_i integer, r_outcome text, r_joined_at bigint, r_first boolean)
+) RETURNS TABLE (r_i integer, r_outcome text, r_joined_at bigint, r_first boolean, r_changed boolean)
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM {s}.lock_topics(p_topics);
@@ -383,22 +287,12 @@ BEGIN
         HAVING count(*) FILTER (WHERE NOT c.was_present) > 0
         ON CONFLICT (topic) DO UPDATE
         SET members = t.members + excluded.members, connections = t.connections + excluded.connections
-    ),
-    notified AS (
-        SELECT {s}.send(array_agg({s}.piece(c.t, CASE WHEN c.was_present
-            THEN {s}.update_text({s}.entry_text(c.t, c.m, c.c, c.meta, c.old_joined, c.now))
-            ELSE {s}.join_text({s}.entry_text(c.t, c.m, c.c, c.meta, c.now, c.now), c.first)
-            END) ORDER BY c.i))
-        FROM classified c
-        WHERE NOT c.was_present OR c.old_meta IS DISTINCT FROM c.meta
     )
     SELECT c.i,
         CASE WHEN c.was_present THEN 'rejoined' ELSE 'joined' END,
         coalesce(c.old_joined, c.now),
-        c.first
+        c.first,
+        c.was_present AND c.old_meta IS DISTINCT FROM c.meta
     FROM classified c
-    -- An uncorrelated subquery runs once (an InitPlan) and makes sure the
-    -- events are sent.
-    WHERE (SELECT count(*) FROM notified) >= 0
     ORDER BY c.i;
 END $$;

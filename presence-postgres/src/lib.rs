@@ -8,6 +8,7 @@ mod schema;
 mod store;
 #[doc(hidden)]
 pub mod testing;
+mod wire;
 
 pub use config::PostgresConfig;
 pub use deadpool_postgres;

@@ -15,10 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use presence_core::{Channels, Error, Event, EventStream, Result, Topic};
-use serde_json::Value;
+use presence_core::{Channels, Error, EventStream, Result, Topic};
 use tokio::sync::{oneshot, watch};
 use tokio_postgres::{AsyncMessage, NoTls};
+
+use crate::wire;
 
 /// Subscriptions waiting for their sync notification.
 type Pending = HashMap<u64, (Topic, oneshot::Sender<EventStream>)>;
@@ -160,9 +161,8 @@ async fn listen(
     }
 }
 
-/// Routes one notification: `sync:<token>` from a `subscribe`, or a
-/// numbered run of event pieces (see `send` and `piece` in the migration):
-/// `<n>|` then, for each event, `<topic bytes>:<event bytes>:<topic><event>`.
+/// Routes one notification: `sync:<token>` from a `subscribe`, or events
+/// (see `wire`).
 fn dispatch(state: &Mutex<State>, payload: &str) {
     let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(token) = payload.strip_prefix("sync:") {
@@ -175,61 +175,11 @@ fn dispatch(state: &Mutex<State>, payload: &str) {
         }
         return;
     }
-    let Some((_, mut pieces)) = payload.split_once('|') else {
-        return;
-    };
-    while let Some((topic, event, rest)) = next_piece(pieces) {
-        pieces = rest;
+    for (topic, json) in wire::decode(payload) {
         let Ok(topic) = Topic::new(topic) else {
             continue;
         };
         // Only events someone here listens to are parsed.
-        state.channels.send(&topic, || vec![parse_event(event)]);
-    }
-}
-
-/// Splits the first piece off `pieces`: its topic, its event, the rest.
-fn next_piece(pieces: &str) -> Option<(&str, &str, &str)> {
-    let (topic_len, rest) = pieces.split_once(':')?;
-    let (event_len, rest) = rest.split_once(':')?;
-    let (topic, rest) = rest.split_at_checked(topic_len.parse().ok()?)?;
-    let (event, rest) = rest.split_at_checked(event_len.parse().ok()?)?;
-    Some((topic, event, rest))
-}
-
-fn parse_event(json: &str) -> Event {
-    match serde_json::from_str::<Value>(json) {
-        Ok(value) if value.get("type").and_then(Value::as_str) == Some("resync") => Event::Resync,
-        // An event this code cannot read: the subscriber must re-read.
-        Ok(value) => serde_json::from_value(value).unwrap_or(Event::Resync),
-        Err(_) => Event::Resync,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pieces_split_on_byte_lengths_whatever_the_topic_holds() {
-        let topic = "a:b\n|é";
-        let event = r#"{"type":"resync"}"#;
-        let payload = format!(
-            "7|{}:{}:{topic}{event}3:2:xyz{{}}",
-            topic.len(),
-            event.len()
-        );
-        let (_, pieces) = payload.split_once('|').unwrap();
-        let (t, e, rest) = next_piece(pieces).unwrap();
-        assert_eq!((t, e), (topic, event));
-        let (t, e, rest) = next_piece(rest).unwrap();
-        assert_eq!((t, e, rest), ("xyz", "{}", ""));
-        assert!(next_piece(rest).is_none());
-        assert!(
-            next_piece("5:1:ab").is_none(),
-            "a truncated piece is not read past its end"
-        );
-        assert_eq!(parse_event(event), Event::Resync);
-        assert_eq!(parse_event("not json"), Event::Resync);
+        state.channels.send(&topic, || vec![wire::parse(json)]);
     }
 }

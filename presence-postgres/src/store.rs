@@ -3,13 +3,14 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use presence_core::{
-    Clock, ConnectionId, Counts, Departure, Entry, Error, EventStream, Joined, Member, MemberId,
-    Meta, PresenceKey, PresenceStore, Reason, Result, Timestamp, Topic, check_batch,
+    Clock, ConnectionId, Counts, Departure, Entry, Error, Event, EventStream, Joined, Member,
+    MemberId, Meta, PresenceKey, PresenceStore, Reason, Result, Timestamp, Topic, check_batch,
 };
 use tokio::sync::Semaphore;
 use tokio_postgres::error::SqlState;
@@ -20,6 +21,7 @@ use crate::batch::Batcher;
 use crate::config::PostgresConfig;
 use crate::listener::Listener;
 use crate::schema::{db, migrate};
+use crate::wire;
 
 /// How many times a call that lost a deadlock is run again. Each call is one
 /// statement, so a call aborted by a deadlock changed nothing.
@@ -48,12 +50,53 @@ struct Inner {
 struct Db {
     pool: Pool,
     sql: Sql,
+    /// Makes every NOTIFY payload of this store unique (see `wire`).
+    payload_ids: PayloadIds,
+}
+
+struct PayloadIds {
+    /// Tells this store's payloads from other stores' on the channel.
+    nonce: u64,
+    next: AtomicU64,
+}
+
+impl PayloadIds {
+    fn next(&self) -> String {
+        format!(
+            "{:x}-{}",
+            self.nonce,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+/// Why a transaction did not commit.
+enum Failed {
+    /// It lost a deadlock; it changed nothing and may run again.
+    Deadlock,
+    Error(Error),
+}
+
+impl From<tokio_postgres::Error> for Failed {
+    fn from(error: tokio_postgres::Error) -> Self {
+        if error.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) {
+            Failed::Deadlock
+        } else {
+            Failed::Error(db(error))
+        }
+    }
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Self {
+        Failed::Error(error)
+    }
 }
 
 /// One caller's join, as queued for a batch.
 struct JoinRequest {
     key: PresenceKey,
-    meta: String,
+    meta: Meta,
     now: i64,
     max_members: Option<i64>,
 }
@@ -67,6 +110,7 @@ struct Sql {
     join_set: String,
     update: String,
     touch: String,
+    notify: String,
     leave_many: String,
     leave_member: String,
     disconnect: String,
@@ -75,7 +119,7 @@ struct Sql {
     member: String,
     count: String,
     topics_of: String,
-    notify: String,
+    sync: String,
 }
 
 impl Sql {
@@ -84,11 +128,11 @@ impl Sql {
         let entry_columns = "topic, member, connection, meta, joined_at, last_seen_at";
         Self {
             join_many: render(
-                "SELECT r_i, r_outcome, r_joined_at, r_first \
+                "SELECT r_i, r_outcome, r_joined_at, r_first, r_changed \
                  FROM {s}.join_many($1, $2, $3, $4, $5, $6)",
             ),
             join_set: render(
-                "SELECT r_i, r_outcome, r_joined_at, r_first FROM {s}.join_set($1, $2, $3, $4, $5)",
+                "SELECT r_i, r_outcome, r_joined_at, r_first, r_changed FROM {s}.join_set($1, $2, $3, $4, $5)",
             ),
             update: render("SELECT r_joined_at FROM {s}.update($1, $2, $3, $4, $5)"),
             touch: render(
@@ -114,7 +158,10 @@ impl Sql {
             topics_of: render(
                 "SELECT DISTINCT topic FROM {s}.entries WHERE member = $1 ORDER BY topic",
             ),
-            notify: render("SELECT pg_notify('{s}', $1)"),
+            notify: render(
+                "SELECT count(pg_notify('{s}', payload)) FROM unnest($1::text[]) AS payload",
+            ),
+            sync: render("SELECT pg_notify('{s}', $1)"),
         }
     }
 }
@@ -156,70 +203,146 @@ fn key_columns(keys: &[PresenceKey]) -> (Vec<&str>, Vec<&str>, Vec<&str>) {
     (topics, members, connections)
 }
 
+fn leave_events(departures: &[Departure]) -> Vec<Event> {
+    departures
+        .iter()
+        .map(|departure| Event::Leave {
+            departure: departure.clone(),
+        })
+        .collect()
+}
+
 impl Db {
     /// Runs one statement on a pooled connection, again if it lost a
-    /// deadlock (a statement aborted by one changed nothing).
+    /// deadlock (a statement aborted by one changed nothing). For calls that
+    /// emit no events.
     async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        self.transact(sql, params, |rows| Ok((rows.to_vec(), Vec::new())))
+            .await
+    }
+
+    /// Runs `sql` in a transaction, turns its rows into the call's result
+    /// and events, NOTIFYs the events in the same transaction and commits:
+    /// the events go out on commit, in commit order, or not at all. Runs
+    /// again if it lost a deadlock.
+    async fn transact<T>(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        outcome: impl Fn(&[Row]) -> Result<(T, Vec<Event>)>,
+    ) -> Result<T> {
         let mut attempt = 0;
         loop {
-            let client = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| Error::backend("postgres", e))?;
-            let statement = client.prepare_cached(sql).await.map_err(db)?;
-            match client.query(&statement, params).await {
-                Err(error)
-                    if error.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
-                        && attempt < DEADLOCK_RETRIES =>
-                {
+            match self.try_transact(sql, params, &outcome).await {
+                Ok(value) => return Ok(value),
+                Err(Failed::Deadlock) if attempt < DEADLOCK_RETRIES => {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(1 << attempt)).await;
                 }
-                result => return result.map_err(db),
+                Err(Failed::Deadlock) => {
+                    return Err(Error::backend("postgres", "deadlocked again and again"));
+                }
+                Err(Failed::Error(error)) => return Err(error),
             }
         }
+    }
+
+    async fn try_transact<T>(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        outcome: &impl Fn(&[Row]) -> Result<(T, Vec<Event>)>,
+    ) -> Result<T, Failed> {
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| Error::backend("postgres", e))?;
+        let tx = client.transaction().await?;
+        let statement = tx.prepare_cached(sql).await?;
+        let rows = tx.query(&statement, params).await?;
+        let (value, events) = outcome(&rows)?;
+        let payloads = wire::encode(&events, || self.payload_ids.next());
+        if !payloads.is_empty() {
+            let notify = tx.prepare_cached(&self.sql.notify).await?;
+            tx.execute(&notify, &[&payloads]).await?;
+        }
+        tx.commit().await?;
+        Ok(value)
     }
 
     /// Many callers' joins in one statement; an answer per request, in order.
     async fn join_batch(&self, requests: Vec<JoinRequest>) -> Result<Vec<JoinAnswer>> {
         let keys: Vec<PresenceKey> = requests.iter().map(|r| r.key.clone()).collect();
         let (topics, members, connections) = key_columns(&keys);
-        let metas: Vec<&str> = requests.iter().map(|r| r.meta.as_str()).collect();
+        let metas: Vec<String> = requests.iter().map(|r| r.meta.to_json()).collect();
         let nows: Vec<i64> = requests.iter().map(|r| r.now).collect();
         let maxes: Vec<Option<i64>> = requests.iter().map(|r| r.max_members).collect();
         // Joins without limits, each key once, run set-based; anything else
         // request by request.
         let mut distinct = HashSet::with_capacity(keys.len());
         let simple = maxes.iter().all(Option::is_none) && keys.iter().all(|k| distinct.insert(k));
-        let rows = if simple {
-            self.query(
+        let (sql, params): (&str, Vec<&(dyn ToSql + Sync)>) = if simple {
+            (
                 &self.sql.join_set,
-                &[&topics, &members, &connections, &metas, &nows],
+                vec![&topics, &members, &connections, &metas, &nows],
             )
-            .await?
         } else {
-            self.query(
+            (
                 &self.sql.join_many,
-                &[&topics, &members, &connections, &metas, &nows, &maxes],
+                vec![&topics, &members, &connections, &metas, &nows, &maxes],
             )
-            .await?
         };
-        let mut answers: Vec<(i32, JoinAnswer)> = rows
-            .iter()
-            .map(|row| {
-                Ok((
-                    row.try_get(0).map_err(db)?,
-                    (
+        self.transact(sql, &params, |rows| {
+            let mut answers: Vec<(i32, JoinAnswer, bool)> = rows
+                .iter()
+                .map(|row| {
+                    let answer = (
                         row.try_get(1).map_err(db)?,
                         row.try_get(2).map_err(db)?,
                         row.try_get(3).map_err(db)?,
-                    ),
-                ))
-            })
-            .collect::<Result<_>>()?;
-        answers.sort_by_key(|(i, _)| *i);
-        Ok(answers.into_iter().map(|(_, answer)| answer).collect())
+                    );
+                    Ok((
+                        row.try_get(0).map_err(db)?,
+                        answer,
+                        row.try_get(4).map_err(db)?,
+                    ))
+                })
+                .collect::<Result<_>>()?;
+            answers.sort_by_key(|(i, _, _)| *i);
+            if answers.len() != requests.len() {
+                return Err(Error::backend(
+                    "postgres",
+                    "a join batch got a wrong number of answers",
+                ));
+            }
+            let mut events = Vec::new();
+            for (request, (_, (outcome, joined_at, first), changed)) in
+                requests.iter().zip(&answers)
+            {
+                let entry = |joined_at: i64| Entry {
+                    key: request.key.clone(),
+                    meta: request.meta.clone(),
+                    joined_at: Timestamp::from_millis(joined_at),
+                    last_seen_at: Timestamp::from_millis(request.now),
+                };
+                match (outcome.as_str(), joined_at) {
+                    ("joined", _) => events.push(Event::Join {
+                        entry: entry(request.now),
+                        first_for_member: *first,
+                    }),
+                    ("rejoined", Some(joined_at)) if *changed => events.push(Event::Update {
+                        entry: entry(*joined_at),
+                    }),
+                    _ => {}
+                }
+            }
+            Ok((
+                answers.into_iter().map(|(_, answer, _)| answer).collect(),
+                events,
+            ))
+        })
+        .await
     }
 
     /// Refreshes `last_seen_at` of `keys`; whether each was present.
@@ -243,18 +366,40 @@ impl Db {
     /// Many callers' leaves in one statement; a departure (or none) per key.
     async fn leave_batch(&self, keys: Vec<PresenceKey>) -> Result<Vec<Option<Departure>>> {
         let (topics, members, connections) = key_columns(&keys);
-        let rows = self
-            .query(&self.sql.leave_many, &[&topics, &members, &connections])
-            .await?;
-        let mut answers: Vec<Option<Departure>> = vec![None; keys.len()];
-        for row in &rows {
-            let i: i32 = row.try_get(7).map_err(db)?;
-            let slot = answers.get_mut((i - 1) as usize).ok_or_else(|| {
-                Error::backend("postgres", "leave_many answered a request it was not given")
-            })?;
-            *slot = Some(read_departure(row, Reason::Left)?);
-        }
-        Ok(answers)
+        self.transact(
+            &self.sql.leave_many,
+            &[&topics, &members, &connections],
+            |rows| {
+                let mut answers: Vec<Option<Departure>> = vec![None; keys.len()];
+                let mut departed = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let i: i32 = row.try_get(7).map_err(db)?;
+                    let departure = read_departure(row, Reason::Left)?;
+                    departed.push(departure.clone());
+                    let slot = answers.get_mut((i - 1) as usize).ok_or_else(|| {
+                        Error::backend("postgres", "leave_many answered a request it was not given")
+                    })?;
+                    *slot = Some(departure);
+                }
+                Ok((answers, leave_events(&departed)))
+            },
+        )
+        .await
+    }
+
+    /// A removal that returns the schema's `departure` rows.
+    async fn remove(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        reason: Reason,
+    ) -> Result<Vec<Departure>> {
+        self.transact(sql, params, |rows| {
+            let departures = read_departures(rows, reason)?;
+            let events = leave_events(&departures);
+            Ok((departures, events))
+        })
+        .await
     }
 }
 
@@ -307,6 +452,13 @@ impl PostgresStore {
         let db = Arc::new(Db {
             pool,
             sql: Sql::new(&schema),
+            payload_ids: PayloadIds {
+                nonce: std::hash::BuildHasher::hash_one(
+                    &std::collections::hash_map::RandomState::new(),
+                    std::process::id(),
+                ),
+                next: AtomicU64::new(0),
+            },
         });
         let joins = {
             let db = db.clone();
@@ -379,7 +531,7 @@ impl PostgresStore {
         let now = self.now();
         let request = JoinRequest {
             key: key.clone(),
-            meta: meta.to_json(),
+            meta: meta.clone(),
             now,
             max_members: max_members.map(i64::from),
         };
@@ -446,16 +598,21 @@ impl PresenceStore for PostgresStore {
             &meta.to_json(),
             &now,
         ];
-        let rows = self.query(&self.sql().update, &params).await?;
-        let Some(row) = rows.first() else {
-            return Ok(None);
-        };
-        Ok(Some(Entry {
-            key: key.clone(),
-            meta,
-            joined_at: Timestamp::from_millis(row.try_get(0).map_err(db)?),
-            last_seen_at: Timestamp::from_millis(now),
-        }))
+        self.inner
+            .db
+            .transact(&self.sql().update, &params, |rows| {
+                let Some(row) = rows.first() else {
+                    return Ok((None, Vec::new()));
+                };
+                let entry = Entry {
+                    key: key.clone(),
+                    meta: meta.clone(),
+                    joined_at: Timestamp::from_millis(row.try_get(0).map_err(db)?),
+                    last_seen_at: Timestamp::from_millis(now),
+                };
+                Ok((Some(entry.clone()), vec![Event::Update { entry }]))
+            })
+            .await
     }
 
     async fn touch(&self, key: &PresenceKey) -> Result<bool> {
@@ -482,13 +639,11 @@ impl PresenceStore for PostgresStore {
     }
 
     async fn leave_member(&self, topic: &Topic, member: &MemberId) -> Result<Vec<Departure>> {
-        let rows = self
-            .query(
-                &self.sql().leave_member,
-                &[&topic.as_str(), &member.as_str()],
-            )
-            .await?;
-        read_departures(&rows, Reason::Left)
+        let params: [&(dyn ToSql + Sync); 2] = [&topic.as_str(), &member.as_str()];
+        self.inner
+            .db
+            .remove(&self.sql().leave_member, &params, Reason::Left)
+            .await
     }
 
     async fn disconnect(
@@ -496,13 +651,11 @@ impl PresenceStore for PostgresStore {
         member: &MemberId,
         connection: &ConnectionId,
     ) -> Result<Vec<Departure>> {
-        let rows = self
-            .query(
-                &self.sql().disconnect,
-                &[&member.as_str(), &connection.as_str()],
-            )
-            .await?;
-        read_departures(&rows, Reason::Disconnected)
+        let params: [&(dyn ToSql + Sync); 2] = [&member.as_str(), &connection.as_str()];
+        self.inner
+            .db
+            .remove(&self.sql().disconnect, &params, Reason::Disconnected)
+            .await
     }
 
     async fn members(&self, topic: &Topic) -> Result<Vec<Member>> {
@@ -531,20 +684,19 @@ impl PresenceStore for PostgresStore {
     }
 
     async fn sweep(&self, topic: &Topic, older_than: Timestamp) -> Result<Vec<Departure>> {
-        let rows = self
-            .query(
-                &self.sql().sweep,
-                &[&Some(topic.as_str()), &older_than.as_millis()],
-            )
-            .await?;
-        read_departures(&rows, Reason::Expired)
+        let params: [&(dyn ToSql + Sync); 2] = [&Some(topic.as_str()), &older_than.as_millis()];
+        self.inner
+            .db
+            .remove(&self.sql().sweep, &params, Reason::Expired)
+            .await
     }
 
     async fn sweep_all(&self, older_than: Timestamp) -> Result<Vec<Departure>> {
-        let rows = self
-            .query(&self.sql().sweep, &[&None::<&str>, &older_than.as_millis()])
-            .await?;
-        read_departures(&rows, Reason::Expired)
+        let params: [&(dyn ToSql + Sync); 2] = [&None::<&str>, &older_than.as_millis()];
+        self.inner
+            .db
+            .remove(&self.sql().sweep, &params, Reason::Expired)
+            .await
     }
 
     async fn topics_of(&self, member: &MemberId) -> Result<Vec<Topic>> {
@@ -558,7 +710,7 @@ impl PresenceStore for PostgresStore {
 
     async fn subscribe(&self, topic: &Topic) -> Result<EventStream> {
         let (token, stream) = self.inner.listener.prepare(topic);
-        self.query(&self.sql().notify, &[&token]).await?;
+        self.query(&self.sql().sync, &[&token]).await?;
         match tokio::time::timeout(Duration::from_secs(30), stream).await {
             Ok(Ok(stream)) => Ok(stream),
             _ => Err(Error::backend(
