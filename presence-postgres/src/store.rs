@@ -203,6 +203,29 @@ fn key_columns(keys: &[PresenceKey]) -> (Vec<&str>, Vec<&str>, Vec<&str>) {
     (topics, members, connections)
 }
 
+/// Runs `attempt` again when it lost a deadlock: a statement or
+/// transaction aborted by one changed nothing.
+async fn retry_deadlocks<T, F, Fut>(mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Failed>>,
+{
+    let mut retries = 0;
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(Failed::Error(error)) => return Err(error),
+            Err(Failed::Deadlock) if retries < DEADLOCK_RETRIES => {
+                retries += 1;
+                tokio::time::sleep(Duration::from_millis(1 << retries)).await;
+            }
+            Err(Failed::Deadlock) => {
+                return Err(Error::backend("postgres", "lost a deadlock on every try"));
+            }
+        }
+    }
+}
+
 fn leave_events(departures: &[Departure]) -> Vec<Event> {
     departures
         .iter()
@@ -213,38 +236,31 @@ fn leave_events(departures: &[Departure]) -> Vec<Event> {
 }
 
 impl Db {
-    /// Runs one statement on a pooled connection, again if it lost a
-    /// deadlock (a statement aborted by one changed nothing). For calls that
-    /// emit no events.
+    /// Runs one statement on its own (no explicit transaction: one round
+    /// trip). For calls that emit no events.
     async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
-        self.transact(sql, params, |rows| Ok((rows.to_vec(), Vec::new())))
-            .await
+        retry_deadlocks(|| async {
+            let client = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| Error::backend("postgres", e))?;
+            let statement = client.prepare_cached(sql).await?;
+            Ok(client.query(&statement, params).await?)
+        })
+        .await
     }
 
     /// Runs `sql` in a transaction, turns its rows into the call's result
     /// and events, NOTIFYs the events in the same transaction and commits:
-    /// the events go out on commit, in commit order, or not at all. Runs
-    /// again if it lost a deadlock.
+    /// the events go out on commit, in commit order, or not at all.
     async fn transact<T>(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
         outcome: impl Fn(&[Row]) -> Result<(T, Vec<Event>)>,
     ) -> Result<T> {
-        let mut attempt = 0;
-        loop {
-            match self.try_transact(sql, params, &outcome).await {
-                Ok(value) => return Ok(value),
-                Err(Failed::Deadlock) if attempt < DEADLOCK_RETRIES => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(1 << attempt)).await;
-                }
-                Err(Failed::Deadlock) => {
-                    return Err(Error::backend("postgres", "deadlocked again and again"));
-                }
-                Err(Failed::Error(error)) => return Err(error),
-            }
-        }
+        retry_deadlocks(|| self.try_transact(sql, params, &outcome)).await
     }
 
     async fn try_transact<T>(
