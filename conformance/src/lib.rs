@@ -48,6 +48,7 @@ pub mod events;
 pub mod input;
 pub mod machine;
 mod model;
+pub mod processes;
 pub mod support;
 
 pub use basics::*;

@@ -7,11 +7,13 @@
 //! ignored test that does nothing unless `PRESENCE_CHILD_SCHEMA` is set.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use conformance::processes::{Report, mixed_writer};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt;
-use presence_core::{Event, Meta, PresenceKey, PresenceStore, PresenceStoreExt, Topic};
+use presence_core::{Event, Meta, PresenceKey, PresenceStore, Topic};
 use presence_postgres::{PostgresConfig, PostgresStore, testing};
 
 const SCHEMA: &str = "PRESENCE_CHILD_SCHEMA";
@@ -22,16 +24,6 @@ fn config(url: &str, schema: &str) -> PostgresConfig {
     config.schema = schema.to_owned();
     config.pool_size = 4;
     config
-}
-
-fn print_key(tag: &str, key: &PresenceKey) {
-    println!("{tag} {} {} {}", key.topic, key.member, key.connection);
-}
-
-fn parse_key(text: &str) -> PresenceKey {
-    let mut parts = text.split(' ');
-    let mut next = || parts.next().expect("three ids");
-    PresenceKey::new(next(), next(), next()).unwrap()
 }
 
 #[test]
@@ -51,30 +43,7 @@ fn child_process() {
         .unwrap();
     rt.block_on(async move {
         let store = PostgresStore::connect(config(&url, &schema)).await.unwrap();
-        let mut mine = Vec::new();
-        for i in 0..400 {
-            let key =
-                PresenceKey::new("shared", format!("m{}", i % 10), format!("p{id}-{i}")).unwrap();
-            store.join(&key, Meta::new()).await.unwrap();
-            print_key("join", &key);
-            mine.push(key);
-            if i % 3 == 2 {
-                let old = mine.swap_remove(i * 7 % mine.len());
-                if let Some(departure) = store.leave(&old).await.unwrap() {
-                    print_key("leave", &departure.entry.key);
-                }
-            }
-            if i % 10 == 9 {
-                for departure in store
-                    .sweep_expired(Duration::from_millis(30))
-                    .await
-                    .unwrap()
-                {
-                    print_key("swept", &departure.entry.key);
-                }
-                tokio::time::sleep(Duration::from_millis(3)).await;
-            }
-        }
+        mixed_writer(&store, id, 400, 10).await;
     });
 }
 
@@ -121,29 +90,12 @@ async fn two_writers_one_watcher() {
     })
     .await
     .unwrap();
-    let lines: Vec<&str> = outputs.iter().flat_map(|o| o.lines()).collect();
-    let tagged = |tag: &str| -> Vec<PresenceKey> {
-        lines
-            .iter()
-            .filter_map(|l| l.strip_prefix(tag)?.strip_prefix(' '))
-            .map(parse_key)
-            .collect()
-    };
-    let joined: BTreeSet<PresenceKey> = tagged("join").into_iter().collect();
-    let left: BTreeSet<PresenceKey> = tagged("leave").into_iter().collect();
-    let swept_list = tagged("swept");
-    let swept: BTreeSet<PresenceKey> = swept_list.iter().cloned().collect();
-    assert_eq!(joined.len(), 800);
-    assert!(
-        !swept.is_empty(),
-        "nothing expired: the test proves nothing"
-    );
-    assert_eq!(
-        swept.len(),
-        swept_list.len(),
-        "an expired entry was reported twice"
-    );
-    assert!(left.is_disjoint(&swept), "an entry both left and expired");
+    let lines: Vec<String> = outputs
+        .iter()
+        .flat_map(|o| o.lines())
+        .map(str::to_owned)
+        .collect();
+    let report = Report::read(&lines);
 
     // Everything the writers did reached the watcher: read up to a probe.
     let probe = PresenceKey::new("shared", "~probe", "~probe").unwrap();
@@ -194,7 +146,7 @@ async fn two_writers_one_watcher() {
     assert_eq!(joins, 800, "the watcher saw every join of both processes");
     assert_eq!(
         leaves,
-        left.len() + swept.len(),
+        report.left.len() + report.swept.len(),
         "and every departure, once"
     );
 
@@ -207,15 +159,7 @@ async fn two_writers_one_watcher() {
         .map(|e| e.key)
         .filter(|k| *k != probe)
         .collect();
-    let expected: BTreeSet<PresenceKey> = joined
-        .iter()
-        .filter(|k| !left.contains(*k) && !swept.contains(*k))
-        .cloned()
-        .collect();
-    assert_eq!(
-        stored, expected,
-        "the schema holds exactly what was joined and not removed"
-    );
+    report.check(800, &stored);
     for (member, is_present) in present {
         let in_store = stored.iter().any(|k| k.member.as_str() == member);
         assert_eq!(

@@ -4,14 +4,15 @@
 //! The test binary runs itself as the child processes: `child_process` is
 //! an ignored test that does nothing unless `PRESENCE_CHILD_ROLE` is set.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use presence_core::{Meta, PresenceKey, PresenceStore, PresenceStoreExt, Topic};
+use conformance::processes::{Report, mixed_writer, print_key, tagged};
+use presence_core::{Meta, PresenceKey, PresenceStore, Topic};
 use presence_sqlite::{SqliteConfig, SqliteStore};
 
 const ROLE: &str = "PRESENCE_CHILD_ROLE";
@@ -34,23 +35,6 @@ fn spawn_child(role: &str, db: &Path, id: usize) -> Child {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn a child process")
-}
-
-/// The lines a child printed that start with `tag `, without the tag.
-fn tagged<'a>(lines: &'a [String], tag: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-    lines
-        .iter()
-        .filter_map(move |line| line.strip_prefix(tag)?.strip_prefix(' '))
-}
-
-fn parse_key(text: &str) -> PresenceKey {
-    let mut parts = text.split(' ');
-    let mut next = || parts.next().expect("three ids");
-    PresenceKey::new(next(), next(), next()).unwrap()
-}
-
-fn print_key(tag: &str, key: &PresenceKey) {
-    println!("{tag} {} {} {}", key.topic, key.member, key.connection);
 }
 
 fn finish(child: Child) -> Vec<String> {
@@ -96,7 +80,7 @@ fn child_process() {
                 println!("opened");
             }
             "joiner" => joiner(store).await,
-            "mixer" => mixer(&store, id).await,
+            "mixer" => mixed_writer(&*store, id, 600, 20).await,
             other => panic!("unknown role {other}"),
         }
     });
@@ -119,34 +103,6 @@ async fn joiner(store: Arc<SqliteStore>) {
         .collect();
     for task in tasks {
         task.await.unwrap();
-    }
-}
-
-/// Joins its own keys on shared members, leaves some, and sweeps everything
-/// not seen for 30 ms, printing what each call reported.
-async fn mixer(store: &SqliteStore, id: usize) {
-    let mut mine = Vec::new();
-    for i in 0..600 {
-        let key = PresenceKey::new("shared", format!("m{}", i % 20), format!("p{id}-{i}")).unwrap();
-        store.join(&key, Meta::new()).await.unwrap();
-        print_key("join", &key);
-        mine.push(key);
-        if i % 3 == 2 {
-            let old = mine.swap_remove(i * 7 % mine.len());
-            if let Some(departure) = store.leave(&old).await.unwrap() {
-                print_key("leave", &departure.entry.key);
-            }
-        }
-        if i % 10 == 9 {
-            for departure in store
-                .sweep_expired(Duration::from_millis(30))
-                .await
-                .unwrap()
-            {
-                print_key("swept", &departure.entry.key);
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
     }
 }
 
@@ -187,7 +143,7 @@ fn every_acknowledged_join_survives_sigkill() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while acked.len() < 3_000 && Instant::now() < deadline {
         if let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(1)) {
-            acked.extend(tagged(&[line], "ack").map(parse_key));
+            acked.extend(tagged(&[line], "ack"));
         }
     }
     eprintln!("killing the child after {} acknowledged joins", acked.len());
@@ -195,11 +151,7 @@ fn every_acknowledged_join_survives_sigkill() {
     child.wait().unwrap();
     reader.join().unwrap();
     // Everything it printed before dying was acknowledged too.
-    acked.extend(
-        lines_rx
-            .try_iter()
-            .flat_map(|line| tagged(&[line], "ack").map(parse_key).collect::<Vec<_>>()),
-    );
+    acked.extend(lines_rx.try_iter().flat_map(|line| tagged(&[line], "ack")));
     assert!(
         acked.len() >= 3_000,
         "the child acknowledged only {} joins in 60 s",
@@ -241,29 +193,7 @@ fn two_processes_lose_no_write_and_report_each_expiry_once() {
     let db = dir.path().join("shared.db");
     let children: Vec<Child> = (0..2).map(|id| spawn_child("mixer", &db, id)).collect();
     let lines: Vec<String> = children.into_iter().flat_map(finish).collect();
-
-    let joined: BTreeSet<PresenceKey> = tagged(&lines, "join").map(parse_key).collect();
-    let left: BTreeSet<PresenceKey> = tagged(&lines, "leave").map(parse_key).collect();
-    let mut swept: BTreeMap<PresenceKey, usize> = BTreeMap::new();
-    for key in tagged(&lines, "swept").map(parse_key) {
-        *swept.entry(key).or_default() += 1;
-    }
-    assert_eq!(joined.len(), 1_200);
-    assert!(
-        !swept.is_empty(),
-        "the sweepers expired nothing: the test proves nothing"
-    );
-    let twice: Vec<_> = swept.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        twice.is_empty(),
-        "expired entries reported more than once: {twice:?}"
-    );
-    assert!(
-        left.iter().all(|k| !swept.contains_key(k)),
-        "an entry both left and expired"
-    );
-    assert!(left.iter().chain(swept.keys()).all(|k| joined.contains(k)));
-
+    let report = Report::read(&lines);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let stored: BTreeSet<PresenceKey> = rt.block_on(async {
         let store = SqliteStore::open(SqliteConfig::file(&db)).await.unwrap();
@@ -274,13 +204,5 @@ fn two_processes_lose_no_write_and_report_each_expiry_once() {
             .map(|e| e.key)
             .collect()
     });
-    let expected: BTreeSet<PresenceKey> = joined
-        .iter()
-        .filter(|k| !left.contains(*k) && !swept.contains_key(*k))
-        .cloned()
-        .collect();
-    assert_eq!(
-        stored, expected,
-        "the file holds exactly what was joined and not removed"
-    );
+    report.check(1_200, &stored);
 }

@@ -1,0 +1,125 @@
+//! Helpers for multi-process tests: a workload that several OS processes
+//! run against one database, the line protocol they report on, and the
+//! check that what they reported adds up.
+//!
+//! Each process prints `join`, `leave` and `swept` lines naming keys; the
+//! test collects them all and [`Report::check`]s them against the store.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use presence_core::{Meta, PresenceKey, PresenceStore, PresenceStoreExt};
+
+/// Prints `<tag> <topic> <member> <connection>` (ids hold no spaces here).
+pub fn print_key(tag: &str, key: &PresenceKey) {
+    println!("{tag} {} {} {}", key.topic, key.member, key.connection);
+}
+
+/// The keys of the lines `lines` tagged `tag`, in order.
+pub fn tagged(lines: &[String], tag: &str) -> Vec<PresenceKey> {
+    lines
+        .iter()
+        .filter_map(|line| line.strip_prefix(tag)?.strip_prefix(' '))
+        .map(|text| {
+            let mut parts = text.split(' ');
+            let mut next = || parts.next().expect("three ids");
+            PresenceKey::new(next(), next(), next()).expect("valid ids")
+        })
+        .collect()
+}
+
+/// One writer process's workload on topic `shared`: `joins` joins of its
+/// own new connections spread over `members` shared members, leaving every
+/// third of them, sweeping everything not seen for 30 ms every tenth, and
+/// printing what each call reported.
+pub async fn mixed_writer(store: &dyn PresenceStore, process: usize, joins: usize, members: usize) {
+    let mut mine = Vec::new();
+    for i in 0..joins {
+        let key = PresenceKey::new(
+            "shared",
+            format!("m{}", i % members),
+            format!("p{process}-{i}"),
+        )
+        .expect("valid ids");
+        store.join(&key, Meta::new()).await.expect("join");
+        print_key("join", &key);
+        mine.push(key);
+        if i % 3 == 2 {
+            let old = mine.swap_remove(i * 7 % mine.len());
+            if let Some(departure) = store.leave(&old).await.expect("leave") {
+                print_key("leave", &departure.entry.key);
+            }
+        }
+        if i % 10 == 9 {
+            for departure in store
+                .sweep_expired(Duration::from_millis(30))
+                .await
+                .expect("sweep")
+            {
+                print_key("swept", &departure.entry.key);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// What all the writers reported.
+pub struct Report {
+    /// Every key joined.
+    pub joined: BTreeSet<PresenceKey>,
+    /// Every key whose leave found it.
+    pub left: BTreeSet<PresenceKey>,
+    /// Every key a sweep reported, with how often.
+    pub swept: BTreeMap<PresenceKey, usize>,
+}
+
+impl Report {
+    /// Reads the writers' output lines.
+    pub fn read(lines: &[String]) -> Self {
+        let mut swept = BTreeMap::new();
+        for key in tagged(lines, "swept") {
+            *swept.entry(key).or_default() += 1;
+        }
+        Self {
+            joined: tagged(lines, "join").into_iter().collect(),
+            left: tagged(lines, "leave").into_iter().collect(),
+            swept,
+        }
+    }
+
+    /// Checks that no write was lost and each expiry reported once: every
+    /// swept key once, none both left and swept, and `stored` (the keys in
+    /// the store afterwards) exactly the joined ones not removed.
+    pub fn check(&self, joins: usize, stored: &BTreeSet<PresenceKey>) {
+        assert_eq!(self.joined.len(), joins, "every join was reported");
+        assert!(
+            !self.swept.is_empty(),
+            "nothing expired: the test proves nothing"
+        );
+        let twice: Vec<_> = self.swept.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(
+            twice.is_empty(),
+            "expired entries reported more than once: {twice:?}"
+        );
+        assert!(
+            self.left.iter().all(|k| !self.swept.contains_key(k)),
+            "an entry both left and expired"
+        );
+        assert!(
+            self.left
+                .iter()
+                .chain(self.swept.keys())
+                .all(|k| self.joined.contains(k))
+        );
+        let expected: BTreeSet<PresenceKey> = self
+            .joined
+            .iter()
+            .filter(|k| !self.left.contains(*k) && !self.swept.contains_key(*k))
+            .cloned()
+            .collect();
+        assert_eq!(
+            *stored, expected,
+            "the store holds exactly what was joined and not removed"
+        );
+    }
+}
