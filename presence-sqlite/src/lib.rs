@@ -28,7 +28,12 @@ pub mod testing {
         version: usize,
     ) -> presence_core::Result<()> {
         let location = Location::File(path.to_owned());
-        let mut conn = schema::connect(&location, std::time::Duration::from_secs(5))?;
-        schema::migrate(&mut conn, &location, prefix, version)
+        schema::open_and_migrate(
+            &location,
+            prefix,
+            version,
+            std::time::Duration::from_secs(5),
+        )
+        .map(drop)
     }
 }

@@ -110,3 +110,41 @@ pub(crate) fn migrate(
     };
     run(conn).map_err(|e| classify(location, e).into())
 }
+
+/// Opens the writer's connection and brings the schema to `target`.
+///
+/// Processes opening one new file at once contend for its first locks, and
+/// SQLite answers some of those contentions (switching to WAL mode, reading
+/// a schema another process is writing) with "busy" at once instead of
+/// waiting for `busy_timeout`: such attempts are retried until it passes.
+pub(crate) fn open_and_migrate(
+    location: &Location,
+    prefix: &str,
+    target: usize,
+    busy_timeout: Duration,
+) -> Result<Connection> {
+    let deadline = std::time::Instant::now() + busy_timeout;
+    loop {
+        let attempt = connect(location, busy_timeout).and_then(|mut conn| {
+            migrate(&mut conn, location, prefix, target)?;
+            Ok(conn)
+        });
+        match attempt {
+            Err(error) if is_busy(&error) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
+}
+
+fn is_busy(error: &presence_core::Error) -> bool {
+    let presence_core::Error::Backend { source, .. } = error else {
+        return false;
+    };
+    matches!(
+        source.downcast_ref::<SqliteError>(),
+        Some(SqliteError::Sqlite(e))
+            if matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
+    )
+}

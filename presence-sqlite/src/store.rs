@@ -13,7 +13,7 @@ use rusqlite::Connection;
 
 use crate::config::{Location, SqliteConfig};
 use crate::error::SqliteError;
-use crate::schema::{SCHEMA_VERSION, connect, migrate};
+use crate::schema::{SCHEMA_VERSION, open_and_migrate};
 use crate::sql::{self, Sql};
 use crate::writer::{Writer, WriterStats};
 
@@ -53,9 +53,7 @@ impl SqliteStore {
         let location = config.location.clone();
         let busy_timeout = config.busy_timeout;
         let conn = tokio::task::spawn_blocking(move || -> Result<Connection> {
-            let mut conn = connect(&location, busy_timeout)?;
-            migrate(&mut conn, &location, &prefix, SCHEMA_VERSION)?;
-            Ok(conn)
+            open_and_migrate(&location, &prefix, SCHEMA_VERSION, busy_timeout)
         })
         .await
         .map_err(|e| SqliteError::Pool(e.to_string()))??;
