@@ -12,7 +12,9 @@ use presence_core::{
 use serde_json::json;
 use tokio::sync::Barrier;
 
-use crate::support::{Fixture, Rng, assert_no_pending_event, key, meta, next_events, topic};
+use crate::support::{
+    Fixture, Rng, assert_no_pending_event, key, member_ids, meta, next_events, topic,
+};
 use crate::{Backend, Setup};
 
 /// Spawns `n` tasks that start together and returns their results in order.
@@ -111,14 +113,7 @@ pub async fn join_limited_is_exact_under_contention(backend: &dyn Backend) {
             full, 40,
             "round {round}: the other 40 were refused with TopicFull"
         );
-        let present: BTreeSet<MemberId> = f
-            .store
-            .members(&t)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|m| m.member)
-            .collect();
+        let present = member_ids(&*f.store, &t).await;
         assert_eq!(
             present, admitted,
             "round {round}: the store holds exactly the admitted"
@@ -236,14 +231,7 @@ pub async fn concurrent_sweepers_report_each_entry_once(backend: &dyn Backend) {
         }
         for t in &topics {
             let t = topic(t);
-            let remaining: BTreeSet<MemberId> = f
-                .store
-                .members(&t)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|m| m.member)
-                .collect();
+            let remaining = member_ids(&*f.store, &t).await;
             for m in 0..20 {
                 let m = crate::support::member(&format!("m{m}"));
                 let had_expired = expected.keys().any(|k| k.topic == t && k.member == m);

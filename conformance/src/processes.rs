@@ -6,9 +6,26 @@
 //! test collects them all and [`Report::check`]s them against the store.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
 use std::time::Duration;
 
 use presence_core::{Meta, PresenceKey, PresenceStore, PresenceStoreExt};
+
+/// This test binary, run again as only its ignored test `child_process`,
+/// whose output (after a first line the harness leaves unfinished) the
+/// parent reads. The child learns its part from environment variables the
+/// caller adds.
+pub fn child_command() -> Command {
+    let mut command = Command::new(std::env::current_exe().expect("the test binary"));
+    command.args([
+        "--exact",
+        "child_process",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    command
+}
 
 /// Prints `<tag> <topic> <member> <connection>` (ids hold no spaces here).
 pub fn print_key(tag: &str, key: &PresenceKey) {

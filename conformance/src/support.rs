@@ -159,3 +159,25 @@ impl Rng {
         items[self.below(items.len() as u64) as usize]
     }
 }
+
+/// Every key present in `topic`.
+pub async fn stored_keys(
+    store: &dyn PresenceStore,
+    topic: &Topic,
+) -> std::collections::BTreeSet<PresenceKey> {
+    let members = store.members(topic).await.expect("members");
+    members
+        .iter()
+        .flat_map(|m| m.entries())
+        .map(|e| e.key)
+        .collect()
+}
+
+/// The ids of the members present in `topic`.
+pub async fn member_ids(
+    store: &dyn PresenceStore,
+    topic: &Topic,
+) -> std::collections::BTreeSet<MemberId> {
+    let members = store.members(topic).await.expect("members");
+    members.into_iter().map(|m| m.member).collect()
+}

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use conformance::support::stored_keys;
 use futures::StreamExt;
 use presence_core::{Error, Event, Meta, PresenceKey, PresenceStore, Topic};
 use presence_postgres::{PostgresConfig, PostgresStore, testing};
@@ -111,14 +112,7 @@ async fn terminated_connections_fail_calls_cleanly_and_recover() {
     );
 
     // Everything works again, and nothing acknowledged was lost.
-    let stored: std::collections::HashSet<PresenceKey> = store
-        .members(&topic)
-        .await
-        .unwrap()
-        .iter()
-        .flat_map(|m| m.entries())
-        .map(|e| e.key)
-        .collect();
+    let stored = stored_keys(&*store, &topic).await;
     let lost: Vec<_> = acknowledged
         .iter()
         .filter(|k| !stored.contains(k))

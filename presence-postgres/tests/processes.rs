@@ -6,10 +6,11 @@
 //! The test binary runs itself as the two writers: `child_process` is an
 //! ignored test that does nothing unless `PRESENCE_CHILD_SCHEMA` is set.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use conformance::processes::{Report, mixed_writer};
-use std::process::{Command, Stdio};
+use conformance::processes::{Report, child_command, mixed_writer};
+use conformance::support::stored_keys;
+use std::process::Stdio;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -62,14 +63,7 @@ async fn two_writers_one_watcher() {
 
     let children: Vec<_> = (0..2)
         .map(|id| {
-            Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "child_process",
-                    "--ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
+            child_command()
                 .env(SCHEMA, &schema)
                 .env(ID, id.to_string())
                 .env("PRESENCE_PG_URL", &url)
@@ -150,15 +144,8 @@ async fn two_writers_one_watcher() {
         "and every departure, once"
     );
 
-    let stored: BTreeSet<PresenceKey> = store
-        .members(&topic)
-        .await
-        .unwrap()
-        .iter()
-        .flat_map(|m| m.entries())
-        .map(|e| e.key)
-        .filter(|k| *k != probe)
-        .collect();
+    let mut stored = stored_keys(&store, &topic).await;
+    stored.remove(&probe);
     report.check(800, &stored);
     for (member, is_present) in present {
         let in_store = stored.iter().any(|k| k.member.as_str() == member);

@@ -7,11 +7,12 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use conformance::processes::{Report, mixed_writer, print_key, tagged};
+use conformance::processes::{Report, child_command, mixed_writer, print_key, tagged};
+use conformance::support::stored_keys;
 use presence_core::{Meta, PresenceKey, PresenceStore, Topic};
 use presence_sqlite::{SqliteConfig, SqliteStore};
 
@@ -20,14 +21,7 @@ const DB: &str = "PRESENCE_CHILD_DB";
 const ID: &str = "PRESENCE_CHILD_ID";
 
 fn spawn_child(role: &str, db: &Path, id: usize) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_process",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    child_command()
         .env(ROLE, role)
         .env(DB, db)
         .env(ID, id.to_string())
@@ -168,13 +162,7 @@ fn every_acknowledged_join_survives_sigkill() {
         let store = SqliteStore::open(SqliteConfig::file(&db)).await.unwrap();
         let mut stored = BTreeSet::new();
         for t in 0..10 {
-            for member in store
-                .members(&Topic::new(format!("t{t}")).unwrap())
-                .await
-                .unwrap()
-            {
-                stored.extend(member.entries().map(|e| e.key));
-            }
+            stored.extend(stored_keys(&store, &Topic::new(format!("t{t}")).unwrap()).await);
         }
         stored
     });
@@ -197,12 +185,7 @@ fn two_processes_lose_no_write_and_report_each_expiry_once() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let stored: BTreeSet<PresenceKey> = rt.block_on(async {
         let store = SqliteStore::open(SqliteConfig::file(&db)).await.unwrap();
-        let members = store.members(&Topic::new("shared").unwrap()).await.unwrap();
-        members
-            .iter()
-            .flat_map(|m| m.entries())
-            .map(|e| e.key)
-            .collect()
+        stored_keys(&store, &Topic::new("shared").unwrap()).await
     });
     report.check(1_200, &stored);
 }
