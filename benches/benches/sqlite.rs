@@ -2,12 +2,11 @@
 //! directory). Run with `cargo bench -p benches --bench sqlite`; figures go
 //! to BENCHMARKS.md.
 
-use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use benches::{join_concurrently, room_keys, spread_keys};
+use benches::{bench_touch_many_and_count, join_concurrently};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use presence_core::{PresenceKey, PresenceStore, Timestamp};
 use presence_sqlite::{SqliteConfig, SqliteStore};
@@ -64,22 +63,7 @@ fn touch_many_and_count(c: &mut Criterion) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let store = open(&rt, &dir, "reads.db");
-    let keys = spread_keys(1_000, 100);
-    rt.block_on(join_concurrently(store.clone(), keys.clone(), 64));
-    let mut group = c.benchmark_group("sqlite");
-    group.throughput(Throughput::Elements(keys.len() as u64));
-    group.bench_function("touch_many_1000", |b| {
-        b.iter(|| black_box(rt.block_on(store.touch_many(&keys)).unwrap()))
-    });
-
-    let room = room_keys("big-room", 100_000, 1);
-    rt.block_on(join_concurrently(store.clone(), room.clone(), 64));
-    let topic = room[0].topic.clone();
-    group.throughput(Throughput::Elements(1));
-    group.bench_function("count_100000_members", |b| {
-        b.iter(|| black_box(rt.block_on(store.count(&topic)).unwrap()))
-    });
-    group.finish();
+    bench_touch_many_and_count(c, &rt, store, "sqlite");
 }
 
 /// A file with 100,000 entries over 1,000 topics, all seen at time 0, so a

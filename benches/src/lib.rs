@@ -64,3 +64,32 @@ pub async fn join_concurrently(
     }
     start.elapsed()
 }
+
+/// `touch_many` of 1,000 present keys and `count` of a topic of 100,000
+/// members, on any store, in the criterion group `group`: the same shapes
+/// for every backend.
+pub fn bench_touch_many_and_count(
+    c: &mut criterion::Criterion,
+    rt: &tokio::runtime::Runtime,
+    store: std::sync::Arc<dyn PresenceStore>,
+    group: &str,
+) {
+    use criterion::Throughput;
+    use std::hint::black_box;
+
+    let keys = spread_keys(1_000, 100);
+    rt.block_on(join_concurrently(store.clone(), keys.clone(), 64));
+    let mut group = c.benchmark_group(group);
+    group.throughput(Throughput::Elements(keys.len() as u64));
+    group.bench_function("touch_many_1000", |b| {
+        b.iter(|| black_box(rt.block_on(store.touch_many(&keys)).unwrap()))
+    });
+    let room = room_keys("big-room", 100_000, 1);
+    rt.block_on(join_concurrently(store.clone(), room.clone(), 64));
+    let topic = room[0].topic.clone();
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("count_100000_members", |b| {
+        b.iter(|| black_box(rt.block_on(store.count(&topic)).unwrap()))
+    });
+    group.finish();
+}
