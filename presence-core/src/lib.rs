@@ -1,7 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
-mod channels;
+mod broadcast;
 mod error;
 mod ids;
 mod meta;
@@ -9,7 +9,7 @@ mod store;
 mod time;
 mod types;
 
-pub use channels::Channels;
+pub use broadcast::TopicBroadcast;
 pub use error::{Error, Result};
 pub use ids::{ConnectionId, MAX_ID_BYTES, MemberId, PresenceKey, Topic};
 pub use meta::{DEFAULT_MAX_META_BYTES, Meta};

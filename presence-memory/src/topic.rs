@@ -3,8 +3,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use presence_core::{
-    Channels, ConnectionId, Counts, Departure, Entry, Event, MemberId, Meta, PresenceKey, Reason,
-    Timestamp, Topic,
+    ConnectionId, Counts, Departure, Entry, Event, MemberId, Meta, PresenceKey, Reason, Timestamp,
+    Topic, TopicBroadcast,
 };
 use smallvec::SmallVec;
 
@@ -17,7 +17,7 @@ pub(crate) struct TopicShard {
     /// the topics that may hold something expired without visiting the rest.
     pub(crate) expiry: BTreeSet<(i64, Topic)>,
     /// The subscribers of this shard's topics.
-    pub(crate) channels: Channels,
+    pub(crate) channels: TopicBroadcast,
 }
 
 /// The entries of one topic.
@@ -84,7 +84,7 @@ impl TopicShard {
         Self {
             topics: Map::default(),
             expiry: BTreeSet::new(),
-            channels: Channels::new(event_buffer),
+            channels: TopicBroadcast::new(event_buffer),
         }
     }
 

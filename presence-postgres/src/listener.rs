@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use presence_core::{Channels, Error, EventStream, Result, Topic};
+use presence_core::{Error, EventStream, Result, Topic, TopicBroadcast};
 use tokio::sync::{oneshot, watch};
 use tokio_postgres::{AsyncMessage, NoTls};
 
@@ -35,7 +35,7 @@ pub(crate) struct Listener {
 }
 
 struct State {
-    channels: Channels,
+    channels: TopicBroadcast,
     pending: Pending,
     next_token: u64,
 }
@@ -54,7 +54,7 @@ impl Listener {
         event_buffer: usize,
     ) -> Result<Self> {
         let state = Arc::new(Mutex::new(State {
-            channels: Channels::new(event_buffer),
+            channels: TopicBroadcast::new(event_buffer),
             pending: HashMap::new(),
             next_token: 0,
         }));

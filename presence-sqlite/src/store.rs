@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use deadpool_sqlite::{Hook, HookError, Runtime};
 use presence_core::{
-    Channels, Clock, ConnectionId, Counts, Departure, Entry, EventStream, Joined, Member, MemberId,
-    Meta, PresenceKey, PresenceStore, Result, Timestamp, Topic, check_batch,
+    Clock, ConnectionId, Counts, Departure, Entry, EventStream, Joined, Member, MemberId, Meta,
+    PresenceKey, PresenceStore, Result, Timestamp, Topic, TopicBroadcast, check_batch,
 };
 use rusqlite::Connection;
 
@@ -35,7 +35,7 @@ struct Inner {
     sql: Arc<Sql>,
     writer: Writer,
     readers: Readers,
-    channels: Arc<Mutex<Channels>>,
+    channels: Arc<Mutex<TopicBroadcast>>,
 }
 
 enum Readers {
@@ -59,7 +59,7 @@ impl SqliteStore {
         .map_err(|e| SqliteError::Pool(e.to_string()))??;
 
         let sql = Arc::new(Sql::new(config.checked_prefix()?));
-        let channels = Arc::new(Mutex::new(Channels::new(config.event_buffer)));
+        let channels = Arc::new(Mutex::new(TopicBroadcast::new(config.event_buffer)));
         let writer = Writer::spawn(conn, sql.clone(), channels.clone(), config.max_group)
             .map_err(|e| SqliteError::Pool(e.to_string()))?;
         let readers = match &config.location {

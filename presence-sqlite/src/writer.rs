@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use presence_core::{Channels, Error, Event, Result};
+use presence_core::{Error, Event, Result, TopicBroadcast};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
@@ -95,7 +95,7 @@ impl Writer {
     pub(crate) fn spawn(
         conn: Connection,
         sql: Arc<Sql>,
-        channels: Arc<Mutex<Channels>>,
+        channels: Arc<Mutex<TopicBroadcast>>,
         max_group: usize,
     ) -> std::io::Result<Self> {
         let (jobs, receiver) = mpsc::channel(max_group.max(1) * 4);
@@ -141,7 +141,7 @@ impl Writer {
 fn write_loop(
     conn: Connection,
     sql: &Sql,
-    channels: &Mutex<Channels>,
+    channels: &Mutex<TopicBroadcast>,
     counters: &Counters,
     mut receiver: mpsc::Receiver<Box<dyn Job>>,
     max_group: usize,
@@ -171,7 +171,7 @@ fn write_loop(
 fn commit_group(
     conn: &Connection,
     sql: &Sql,
-    channels: &Mutex<Channels>,
+    channels: &Mutex<TopicBroadcast>,
     group: Vec<Box<dyn Job>>,
 ) -> bool {
     let mut jobs = group.into_iter();

@@ -17,12 +17,12 @@ use crate::{Event, EventStream, Topic};
 /// Not locked itself: a backend keeps it under the same lock as the changes
 /// it reports (or sends from its one writer), so subscribers see commit order.
 #[derive(Debug)]
-pub struct Channels {
+pub struct TopicBroadcast {
     channels: HashMap<Topic, broadcast::Sender<Event>>,
     buffer: usize,
 }
 
-impl Channels {
+impl TopicBroadcast {
     /// No subscribers yet; each topic will buffer `buffer` events (at least 1).
     pub fn new(buffer: usize) -> Self {
         Self {
@@ -105,7 +105,7 @@ mod tests {
 
     #[tokio::test]
     async fn events_reach_their_topic_and_overflow_becomes_resync() {
-        let mut channels = Channels::new(2);
+        let mut channels = TopicBroadcast::new(2);
         let room = Topic::new("room").unwrap();
         let mut stream = channels.subscribe(&room);
         channels.send_all(vec![join("hall", "x"), join("room", "a")]);
@@ -121,7 +121,7 @@ mod tests {
 
     #[test]
     fn a_topic_without_subscribers_is_forgotten() {
-        let mut channels = Channels::new(4);
+        let mut channels = TopicBroadcast::new(4);
         let room = Topic::new("room").unwrap();
         drop(channels.subscribe(&room));
         assert!(channels.is_subscribed(&room));
