@@ -1,0 +1,163 @@
+//! `Heartbeats`: many connections' touches, flushed as one `touch_many`.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use presence_core::{MAX_BATCH_KEYS, PresenceKey, PresenceStore, Result};
+use tokio::task::JoinHandle;
+
+/// Called with the keys a flush found absent (swept or left), so their
+/// clients can join again.
+pub type AbsentHandler = Arc<dyn Fn(Vec<PresenceKey>) + Send + Sync>;
+
+/// Collects heartbeats from many connections and flushes them on an
+/// interval with [`touch_many`](PresenceStore::touch_many): 50,000 sockets
+/// heartbeating cost one statement per 10,000 keys per interval, not 50,000
+/// round trips. A key touched several times between flushes is touched once.
+///
+/// The flush task stops when the `Heartbeats` is dropped; pending touches
+/// are then lost (call [`flush`](Heartbeats::flush) first to keep them).
+///
+/// ```
+/// # use std::{sync::Arc, time::Duration};
+/// # use presence::{Heartbeats, Meta, PresenceKey, PresenceStore, memory::MemoryStore};
+/// # async fn run() -> presence::Result<()> {
+/// let store: Arc<dyn PresenceStore> = Arc::new(MemoryStore::new());
+/// let key = PresenceKey::new("/chat/1", "alice", "socket-9")?;
+/// store.join(&key, Meta::new()).await?;
+///
+/// let heartbeats = Heartbeats::new(store, Duration::from_secs(1));
+/// heartbeats.touch(key); // from the socket's handler: no I/O here
+/// let absent = heartbeats.flush().await?; // or wait for the interval
+/// assert!(absent.is_empty());
+/// # Ok(()) }
+/// ```
+pub struct Heartbeats {
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+struct Shared {
+    store: Arc<dyn PresenceStore>,
+    pending: Mutex<HashSet<PresenceKey>>,
+    on_absent: Option<AbsentHandler>,
+}
+
+impl Heartbeats {
+    /// Flushes every `every`; absent keys are only logged.
+    ///
+    /// Must be called within a tokio runtime.
+    pub fn new(store: Arc<dyn PresenceStore>, every: Duration) -> Self {
+        Self::start(store, every, None)
+    }
+
+    /// Flushes every `every` and hands each flush's absent keys to
+    /// `on_absent` (tell those clients to join again).
+    pub fn with_absent_handler(
+        store: Arc<dyn PresenceStore>,
+        every: Duration,
+        on_absent: impl Fn(Vec<PresenceKey>) + Send + Sync + 'static,
+    ) -> Self {
+        Self::start(store, every, Some(Arc::new(on_absent)))
+    }
+
+    fn start(
+        store: Arc<dyn PresenceStore>,
+        every: Duration,
+        on_absent: Option<AbsentHandler>,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            store,
+            pending: Mutex::new(HashSet::new()),
+            on_absent,
+        });
+        let task = tokio::spawn(flush_every(shared.clone(), every));
+        Self { shared, task }
+    }
+
+    /// Records a heartbeat of `key`, to be sent with the next flush. Cheap
+    /// and synchronous: call it from every socket's ping.
+    pub fn touch(&self, key: PresenceKey) {
+        self.shared.pending.lock().unwrap().insert(key);
+    }
+
+    /// Drops a pending heartbeat of `key` (its connection closed), so the
+    /// next flush does not report it absent.
+    pub fn forget(&self, key: &PresenceKey) {
+        self.shared.pending.lock().unwrap().remove(key);
+    }
+
+    /// How many distinct keys wait for the next flush.
+    pub fn pending(&self) -> usize {
+        self.shared.pending.lock().unwrap().len()
+    }
+
+    /// Sends every pending heartbeat now, in one `touch_many` per 10,000
+    /// keys, and returns the keys that were absent (also handed to the
+    /// absent handler). Keys of a batch that failed stay pending for the
+    /// next flush.
+    pub async fn flush(&self) -> Result<Vec<PresenceKey>> {
+        self.shared.flush().await
+    }
+}
+
+impl Drop for Heartbeats {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl std::fmt::Debug for Heartbeats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Heartbeats")
+            .field("store", &self.shared.store)
+            .field("pending", &self.pending())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    async fn flush(&self) -> Result<Vec<PresenceKey>> {
+        let keys: Vec<PresenceKey> = std::mem::take(&mut *self.pending.lock().unwrap())
+            .into_iter()
+            .collect();
+        let mut absent = Vec::new();
+        let mut batches = keys.chunks(MAX_BATCH_KEYS);
+        while let Some(batch) = batches.next() {
+            match self.store.touch_many(batch).await {
+                Ok(missing) => absent.extend(missing),
+                Err(error) => {
+                    // Keep what was not sent; a newer touch of a key is
+                    // the same heartbeat, so merging loses nothing.
+                    let mut pending = self.pending.lock().unwrap();
+                    pending.extend(batch.iter().cloned());
+                    pending.extend(batches.flatten().cloned());
+                    return Err(error);
+                }
+            }
+        }
+        if let Some(on_absent) = &self.on_absent
+            && !absent.is_empty()
+        {
+            on_absent(absent.clone());
+        }
+        Ok(absent)
+    }
+}
+
+async fn flush_every(shared: Arc<Shared>, every: Duration) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        match shared.flush().await {
+            Ok(absent) if !absent.is_empty() && shared.on_absent.is_none() => {
+                tracing::debug!(absent = absent.len(), "heartbeats for absent entries");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "heartbeat flush failed; retrying next interval"),
+        }
+    }
+}

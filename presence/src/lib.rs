@@ -1,0 +1,31 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod connect;
+mod heartbeats;
+mod live;
+mod sweeper;
+mod tracker;
+
+pub use connect::connect;
+pub use heartbeats::{AbsentHandler, Heartbeats};
+pub use live::{Diff, LiveMembers, LiveUpdate, LiveUpdates};
+pub use presence_core::*;
+pub use sweeper::{DepartureHandler, Sweeper, SweeperHandle};
+pub use tracker::{Heartbeat, Tracked, Tracker, TrackerConfig};
+
+/// The in-process store (feature `memory`).
+#[cfg(feature = "memory")]
+pub use presence_memory as memory;
+/// The shared Postgres store (feature `postgres`).
+#[cfg(feature = "postgres")]
+pub use presence_postgres as postgres;
+/// The embedded SQLite store (feature `sqlite`).
+#[cfg(feature = "sqlite")]
+pub use presence_sqlite as sqlite;
+
+/// The repository README's examples, compiled and run as doctests.
+#[cfg(all(doctest, feature = "memory", feature = "sqlite"))]
+#[doc = include_str!("../../README.md")]
+struct RepositoryReadme;
