@@ -9,8 +9,3 @@ mod topic;
 pub use config::MemoryConfig;
 pub use presence_core;
 pub use store::MemoryStore;
-
-/// The repository README's examples, compiled and run as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-struct RepositoryReadme;
