@@ -7,8 +7,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything a [`PresenceStore`](crate::PresenceStore) call can fail with.
 ///
-/// A call that fails with [`Error::InvalidInput`] or [`Error::TopicFull`] has
-/// changed nothing and emitted no event.
+/// A call that fails with [`Error::InvalidInput`], [`Error::TopicFull`],
+/// [`Error::NotFound`] or [`Error::Forbidden`] has changed nothing and
+/// emitted no event.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -29,6 +30,24 @@ pub enum Error {
         topic: Topic,
         /// The limit the call was made with.
         max_members: u32,
+    },
+    /// No such channel, or one the viewer may not see: the two are
+    /// deliberately the same error, so a refusal never reveals that a
+    /// channel exists. Returned by channel policies, never by a store.
+    #[error("channel {topic:?} not found")]
+    NotFound {
+        /// The topic asked for.
+        topic: Topic,
+    },
+    /// The viewer may see the channel but not do this in it (enter it, or
+    /// enter it as someone else). Returned by channel policies, never by a
+    /// store; nothing was changed.
+    #[error("not allowed in channel {topic:?}: {reason}")]
+    Forbidden {
+        /// The topic.
+        topic: Topic,
+        /// What was refused, in words.
+        reason: String,
     },
     /// The storage behind the store failed: a lost connection, a full disk, a
     /// file that is not a database, a schema newer than this code knows.

@@ -2,12 +2,17 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod channels;
 mod connect;
 mod heartbeats;
 mod live;
 mod sweeper;
 mod tracker;
 
+pub use channels::{
+    Access, ChannelConfig, ChannelMember, ChannelMembers, ChannelUpdate, ChannelUpdates, Channels,
+    Enricher, Resolver,
+};
 pub use connect::connect;
 pub use heartbeats::{AbsentHandler, Heartbeats};
 pub use live::{Diff, LiveMembers, LiveUpdate, LiveUpdates};
