@@ -651,12 +651,20 @@ impl Room {
         let weak = Arc::downgrade(&room);
         let task = tokio::spawn(async move {
             // Owns the live list; ends when the last subscriber is gone.
-            let _live = live;
             while let Some(update) = updates.next().await {
                 let Some(room) = weak.upgrade() else { return };
-                if let Err(error) = room.apply(&channels, &route, update).await {
-                    tracing::warn!(%error, "enriching a channel update failed; resending the state");
-                    room.resend_state();
+                let mut update = update;
+                let mut backoff = Duration::from_millis(50);
+                // A change that could not be enriched is not lost: send the
+                // whole list instead, once the enricher answers again.
+                while let Err(error) = room.apply(&channels, &route, update).await {
+                    tracing::warn!(%error, "enriching a channel update failed; retrying with the whole list");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    update = LiveUpdate::State {
+                        members: live.members(),
+                        counts: live.counts(),
+                    };
                 }
             }
         });
@@ -702,11 +710,6 @@ impl Room {
 
     fn snapshot(&self) -> ChannelUpdate {
         self.state.read().unwrap().snapshot()
-    }
-
-    fn resend_state(&self) {
-        let state = self.state.read().unwrap();
-        let _ = self.updates.send(state.snapshot());
     }
 
     /// The state now, then every update; a reader that falls behind gets

@@ -23,6 +23,7 @@ on_every_backend!(
     max_members_holds_under_contention,
     resolver_runs_once_per_cache_period,
     enrichment_runs_once_per_change,
+    failed_enrichment_is_retried_with_the_whole_list,
     channel_ttls_drive_the_sweep,
 );
 
@@ -488,4 +489,47 @@ async fn channel_ttls_drive_the_sweep(backend: &dyn Backend) {
     let mut gone: Vec<String> = gone.iter().map(|d| d.entry.key.topic.to_string()).collect();
     gone.sort();
     assert_eq!(gone, ["/other/a", "/slow/a"]);
+}
+
+async fn failed_enrichment_is_retried_with_the_whole_list(backend: &dyn Backend) {
+    let store = backend.open(&Setup::default()).await;
+    let failures_left = Arc::new(AtomicU64::new(0));
+    let channels = {
+        let failures_left = failures_left.clone();
+        Channels::new(store.clone())
+            .channel("/chat/", |_| async { Some(ChannelConfig::public()) })
+            .enrich("/chat/", move |ids: Vec<MemberId>| {
+                let failing = failures_left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                async move {
+                    if failing {
+                        return Err(Error::invalid("member", "the profile service is down"));
+                    }
+                    Ok(ids
+                        .into_iter()
+                        .map(|id| {
+                            let name = id.to_string();
+                            (id, json!({ "name": name }))
+                        })
+                        .collect::<HashMap<_, _>>())
+                }
+            })
+    };
+    let room = topic("/chat/2");
+    let mut updates = channels.subscribe(&member("viewer"), &room).await.unwrap();
+    assert_eq!(next(&mut updates).await.counts().members, 0);
+
+    failures_left.store(2, Ordering::SeqCst);
+    let alice = key("/chat/2", "alice", "tab");
+    channels
+        .join(&alice.member, &alice, Meta::new())
+        .await
+        .unwrap();
+    let ChannelUpdate::State { members, counts } = next(&mut updates).await else {
+        panic!("after failed enrichments, the whole list");
+    };
+    assert_eq!(counts.members, 1);
+    assert_eq!(members[0].profile, json!({"name": "alice"}));
+    assert_eq!(failures_left.load(Ordering::SeqCst), 0);
 }
