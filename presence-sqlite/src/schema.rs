@@ -51,11 +51,6 @@ pub(crate) fn connect(location: &Location, busy_timeout: Duration) -> Result<Con
                 return Err(SqliteError::NoWal { path, mode });
             }
             conn.pragma_update(None, "synchronous", "NORMAL")?;
-            // A checkpoint syncs the file inside the commit that triggers
-            // it; at SQLite's default (1,000 pages) that is every few
-            // groups under load. 10,000 pages (~40 MiB of WAL) made group
-            // commit ~1.45x faster (BENCHMARKS.md) at the same durability.
-            conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
         }
         Ok(())
     };

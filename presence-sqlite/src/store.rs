@@ -52,8 +52,16 @@ impl SqliteStore {
         let prefix = config.checked_prefix()?.to_owned();
         let location = config.location.clone();
         let busy_timeout = config.busy_timeout;
+        let checkpoint_pages = config.checkpoint_pages;
         let conn = tokio::task::spawn_blocking(move || -> Result<Connection> {
-            open_and_migrate(&location, &prefix, SCHEMA_VERSION, busy_timeout)
+            let conn = open_and_migrate(&location, &prefix, SCHEMA_VERSION, busy_timeout)?;
+            // Only the writer writes, so only its checkpoints matter. A
+            // checkpoint syncs the file inside the commit that triggers it;
+            // at SQLite's default (1,000 pages) that is every few groups
+            // under load, and 10,000 made group commit ~1.45x faster.
+            conn.pragma_update(None, "wal_autocheckpoint", checkpoint_pages)
+                .map_err(SqliteError::from)?;
+            Ok(conn)
         })
         .await
         .map_err(|e| SqliteError::Pool(e.to_string()))??;

@@ -266,3 +266,29 @@ fn dropping_the_store_outside_a_runtime_is_fine() {
     drop(runtime);
     drop(store); // after the runtime is gone
 }
+
+/// `checkpoint_pages` bounds the WAL: a small value keeps it small, a large
+/// one lets it grow with the writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_pages_bounds_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal_bytes = Vec::new();
+    for pages in [50, 1_000_000] {
+        let path = dir.path().join(format!("wal-{pages}.db"));
+        let mut config = SqliteConfig::file(&path);
+        config.checkpoint_pages = pages;
+        let store = SqliteStore::open(config).await.unwrap();
+        for i in 0..2_000 {
+            let key = key(&format!("topic-{}", i % 100), &format!("member-{i}"), "c");
+            store.join(&key, Meta::new()).await.unwrap();
+        }
+        let wal = dir.path().join(format!("wal-{pages}.db-wal"));
+        wal_bytes.push(std::fs::metadata(&wal).unwrap().len());
+    }
+    let (small, large) = (wal_bytes[0], wal_bytes[1]);
+    assert!(small < 1 << 20, "a 50-page WAL grew to {small} bytes");
+    assert!(
+        large > 4 * small,
+        "a 1,000,000-page WAL stayed at {large} bytes (the 50-page one: {small})"
+    );
+}
