@@ -16,6 +16,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// The most requests one statement carries.
 pub(crate) const MAX_BATCH: usize = 1_000;
+const MAX_YIELDS: usize = 8;
 
 type Request<Q, A> = (Q, oneshot::Sender<Result<A>>);
 
@@ -50,10 +51,16 @@ impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
                     return;
                 };
                 let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match requests.try_recv() {
-                        Ok(request) => batch.push(request),
-                        Err(_) => break,
+                drain(&mut requests, &mut batch);
+                // Let the callers the last batch just answered queue their
+                // next calls, so they ride this batch instead of forming a
+                // cohort of their own: yield while yielding brings more.
+                for _ in 0..MAX_YIELDS {
+                    let before = batch.len();
+                    tokio::task::yield_now().await;
+                    drain(&mut requests, &mut batch);
+                    if batch.len() == before {
+                        break;
                     }
                 }
                 let run = run.clone();
@@ -95,5 +102,15 @@ impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
         answer
             .await
             .map_err(|_| Error::backend("postgres", "the batch was dropped"))?
+    }
+}
+
+/// Moves what is queued into `batch`, up to [`MAX_BATCH`].
+fn drain<T>(requests: &mut mpsc::UnboundedReceiver<T>, batch: &mut Vec<T>) {
+    while batch.len() < MAX_BATCH {
+        match requests.try_recv() {
+            Ok(request) => batch.push(request),
+            Err(_) => break,
+        }
     }
 }

@@ -205,6 +205,12 @@ fn key_columns(keys: &[PresenceKey]) -> (Vec<&str>, Vec<&str>, Vec<&str>) {
 
 /// Runs `attempt` again when it lost a deadlock: a statement or
 /// transaction aborted by one changed nothing.
+/// Ends a failed transaction, so the connection goes back to the pool
+/// clean; a connection that cannot even do that is dropped by the pool.
+async fn rollback(client: &tokio_postgres::Client) {
+    let _ = client.batch_execute("ROLLBACK").await;
+}
+
 async fn retry_deadlocks<T, F, Fut>(mut attempt: F) -> Result<T>
 where
     F: FnMut() -> Fut,
@@ -269,21 +275,44 @@ impl Db {
         params: &[&(dyn ToSql + Sync)],
         outcome: &impl Fn(&[Row]) -> Result<(T, Vec<Event>)>,
     ) -> Result<T, Failed> {
-        let mut client = self
+        let client = self
             .pool
             .get()
             .await
             .map_err(|e| Error::backend("postgres", e))?;
-        let tx = client.transaction().await?;
-        let statement = tx.prepare_cached(sql).await?;
-        let rows = tx.query(&statement, params).await?;
-        let (value, events) = outcome(&rows)?;
+        let statement = client.prepare_cached(sql).await?;
+        let notify = client.prepare_cached(&self.sql.notify).await?;
+        // Two round trips, not four: BEGIN goes out with the statement, and
+        // the NOTIFY with COMMIT (a COMMIT after a failed NOTIFY rolls back,
+        // and the NOTIFY's error is what the caller gets).
+        let begun = futures::try_join!(
+            client.batch_execute("BEGIN"),
+            client.query(&statement, params)
+        );
+        let rows = match begun {
+            Ok(((), rows)) => rows,
+            Err(error) => {
+                rollback(&client).await;
+                return Err(error.into());
+            }
+        };
+        let (value, events) = match outcome(&rows) {
+            Ok(done) => done,
+            Err(error) => {
+                rollback(&client).await;
+                return Err(error.into());
+            }
+        };
         let payloads = wire::encode(&events, || self.payload_ids.next());
-        if !payloads.is_empty() {
-            let notify = tx.prepare_cached(&self.sql.notify).await?;
-            tx.execute(&notify, &[&payloads]).await?;
+        if payloads.is_empty() {
+            client.batch_execute("COMMIT").await?;
+        } else {
+            let notify_params: [&(dyn ToSql + Sync); 1] = [&payloads];
+            futures::try_join!(
+                client.execute(&notify, &notify_params),
+                client.batch_execute("COMMIT")
+            )?;
         }
-        tx.commit().await?;
         Ok(value)
     }
 
