@@ -16,6 +16,24 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// Creates `schema` on the server at `url` at schema `version` (older than
+/// [`SCHEMA_VERSION`](crate::SCHEMA_VERSION) to test upgrades), with a
+/// connection of its own.
+pub async fn create_schema_at(
+    url: &str,
+    schema: &str,
+    version: usize,
+) -> presence_core::Result<()> {
+    let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(crate::schema::db)?;
+    let driver = tokio::spawn(connection);
+    let result = crate::schema::migrate_to(&mut client, schema, version).await;
+    drop(client);
+    let _ = driver.await;
+    result
+}
+
 /// Where the test server is, or why there is none.
 static SERVER: OnceLock<Result<String, String>> = OnceLock::new();
 
