@@ -253,7 +253,20 @@ struct Route {
 /// An enricher and the records it returned, by member, with when.
 struct Enrichment {
     enrich: Enricher,
-    records: tokio::sync::Mutex<HashMap<MemberId, (Timestamp, Value)>>,
+    records: Mutex<HashMap<MemberId, (Timestamp, Value)>>,
+    /// One enrichment at a time per topic, so concurrent readers of a topic
+    /// share one call; different topics do not wait for each other.
+    turns: Mutex<HashMap<Topic, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Enrichment {
+    fn turn(&self, topic: &Topic) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.turns.lock().unwrap();
+        if turns.len() >= 1024 {
+            turns.retain(|_, turn| Arc::strong_count(turn) > 1);
+        }
+        turns.entry(topic.clone()).or_default().clone()
+    }
 }
 
 impl Channels {
@@ -324,7 +337,8 @@ impl Channels {
         let route = Arc::get_mut(route).expect("routes are not shared while configuring");
         route.enrich = Some(Enrichment {
             enrich,
-            records: tokio::sync::Mutex::default(),
+            records: Mutex::default(),
+            turns: Mutex::default(),
         });
         self
     }
@@ -545,27 +559,37 @@ impl Channels {
                 })
                 .collect());
         };
+        let Some(topic) = members.first().map(|m| m.topic.clone()) else {
+            return Ok(Vec::new());
+        };
+        let turn = enrichment.turn(&topic);
+        let _turn = turn.lock().await;
         let now = self.inner.store.clock().now();
         let fresh_after = now - self.inner.cache_for;
-        let mut records = enrichment.records.lock().await;
-        let missing: Vec<MemberId> = members
-            .iter()
-            .filter(|m| {
-                records
-                    .get(&m.member)
-                    .is_none_or(|(at, _)| *at <= fresh_after)
-            })
-            .map(|m| m.member.clone())
-            .collect();
-        if !missing.is_empty() {
-            let mut found = (enrichment.enrich)(missing.clone()).await?;
-            for id in missing {
-                let record = found.remove(&id).unwrap_or(Value::Null);
-                records.insert(id, (now, record));
-            }
-            if records.len() > 4 * members.len().max(1024) {
-                records.retain(|_, (at, _)| *at > fresh_after);
-            }
+        let missing: Vec<MemberId> = {
+            let records = enrichment.records.lock().unwrap();
+            members
+                .iter()
+                .filter(|m| {
+                    records
+                        .get(&m.member)
+                        .is_none_or(|(at, _)| *at <= fresh_after)
+                })
+                .map(|m| m.member.clone())
+                .collect()
+        };
+        let mut found = if missing.is_empty() {
+            HashMap::new()
+        } else {
+            (enrichment.enrich)(missing.clone()).await?
+        };
+        let mut records = enrichment.records.lock().unwrap();
+        for id in missing {
+            let record = found.remove(&id).unwrap_or(Value::Null);
+            records.insert(id, (now, record));
+        }
+        if records.len() > 4 * members.len().max(1024) {
+            records.retain(|_, (at, _)| *at > fresh_after);
         }
         Ok(members
             .into_iter()

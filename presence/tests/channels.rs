@@ -24,6 +24,7 @@ on_every_backend!(
     resolver_runs_once_per_cache_period,
     enrichment_runs_once_per_change,
     failed_enrichment_is_retried_with_the_whole_list,
+    topics_enrich_side_by_side,
     channel_ttls_drive_the_sweep,
 );
 
@@ -532,4 +533,43 @@ async fn failed_enrichment_is_retried_with_the_whole_list(backend: &dyn Backend)
     assert_eq!(counts.members, 1);
     assert_eq!(members[0].profile, json!({"name": "alice"}));
     assert_eq!(failures_left.load(Ordering::SeqCst), 0);
+}
+
+async fn topics_enrich_side_by_side(backend: &dyn Backend) {
+    let store = backend.open(&Setup::default()).await;
+    // Each call waits until another is in flight: enrichments of two
+    // topics must run at once, not one after the other.
+    let both = Arc::new(tokio::sync::Barrier::new(2));
+    let channels = {
+        let both = both.clone();
+        Channels::new(store.clone())
+            .channel("/doc/", |_| async { Some(ChannelConfig::public()) })
+            .enrich("/doc/", move |ids: Vec<MemberId>| {
+                let both = both.clone();
+                async move {
+                    tokio::time::timeout(Duration::from_secs(5), both.wait())
+                        .await
+                        .map_err(|_| Error::invalid("member", "enrichments ran one at a time"))?;
+                    Ok(ids
+                        .into_iter()
+                        .map(|id| (id, json!({})))
+                        .collect::<HashMap<_, _>>())
+                }
+            })
+    };
+    for doc in ["/doc/a", "/doc/b"] {
+        let key = key(doc, "alice", "tab");
+        channels.join(&key.member, &key, Meta::new()).await.unwrap();
+    }
+    // Different members per topic, so neither can use the other's record.
+    let bob = key("/doc/b", "bob", "tab");
+    channels.join(&bob.member, &bob, Meta::new()).await.unwrap();
+    let viewer = member("viewer");
+    let (doc_a, doc_b) = (topic("/doc/a"), topic("/doc/b"));
+    let (a, b) = tokio::join!(
+        channels.members(&viewer, &doc_a),
+        channels.members(&viewer, &doc_b),
+    );
+    assert_eq!(a.unwrap().members.len(), 1);
+    assert_eq!(b.unwrap().members.len(), 2);
 }
