@@ -296,7 +296,8 @@ impl LiveMembers {
     }
 
     /// The whole list, then every change as a [`Diff`]. A reader that falls
-    /// more than 256 diffs behind gets the whole list again.
+    /// more than 256 diffs behind gets the whole list again. The stream ends
+    /// when this `LiveMembers` is dropped.
     pub fn updates(&self) -> LiveUpdates {
         let (first, receiver) = {
             let state = self.shared.state.read().unwrap();
@@ -306,16 +307,20 @@ impl LiveMembers {
             };
             (first, self.shared.updates.subscribe())
         };
-        let shared = self.shared.clone();
-        let rest = BroadcastStream::new(receiver).map(move |item| match item {
-            Ok(diff) => LiveUpdate::Diff(diff),
-            Err(BroadcastStreamRecvError::Lagged(_)) => {
-                let state = shared.state.read().unwrap();
-                LiveUpdate::State {
-                    members: state.members(),
-                    counts: state.counts(),
-                }
-            }
+        // Weak, so the stream ends once the `LiveMembers` is dropped.
+        let shared = Arc::downgrade(&self.shared);
+        let rest = BroadcastStream::new(receiver).filter_map(move |item| {
+            let update = match item {
+                Ok(diff) => Some(LiveUpdate::Diff(diff)),
+                Err(BroadcastStreamRecvError::Lagged(_)) => shared.upgrade().map(|shared| {
+                    let state = shared.state.read().unwrap();
+                    LiveUpdate::State {
+                        members: state.members(),
+                        counts: state.counts(),
+                    }
+                }),
+            };
+            std::future::ready(update)
         });
         futures::stream::once(async move { first })
             .chain(rest)

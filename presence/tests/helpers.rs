@@ -348,6 +348,11 @@ async fn live_members_follow_events_and_diffs(backend: &dyn Backend) {
             .len(),
         1
     );
+
+    // Dropping the list ends its update streams.
+    drop(live);
+    let end = tokio::time::timeout(Duration::from_secs(10), updates.next()).await;
+    assert!(matches!(end, Ok(None)), "the stream ended: {end:?}");
 }
 
 async fn next_diff(updates: &mut presence::LiveUpdates) -> presence::Diff {
