@@ -181,7 +181,7 @@ pub async fn run(
     // agree with the store on exactly who that is.
     live.settled().await;
     let stored = store.members(&topic).await?;
-    let matches = same_members(&live.members(), &stored);
+    let matches = presence::Member::same_presence(&live.members(), &stored);
 
     let summary = Summary {
         store: crate::output::redact(store_url),
@@ -214,25 +214,6 @@ async fn empty_room(store: &Arc<dyn PresenceStore>, topic: &Topic) -> presence::
         .sweep(topic, Timestamp::from_millis(i64::MAX))
         .await
         .map(drop)
-}
-
-/// Whether two member lists agree on members, connections and meta
-/// (`last_seen_at` moves with heartbeats, which emit no events).
-fn same_members(a: &[presence::Member], b: &[presence::Member]) -> bool {
-    let shape = |members: &[presence::Member]| -> Vec<(String, Vec<(String, String)>)> {
-        members
-            .iter()
-            .map(|m| {
-                let connections = m
-                    .connections
-                    .iter()
-                    .map(|c| (c.connection.to_string(), c.meta.to_json()))
-                    .collect();
-                (m.member.to_string(), connections)
-            })
-            .collect()
-    };
-    shape(a) == shape(b)
 }
 
 /// One user: opens and closes tabs at random until the deadline, then

@@ -87,6 +87,28 @@ impl Member {
         members
     }
 
+    /// Whether two member lists agree on who is present: the same members
+    /// in the same order, each with the same topic, `joined_at` and
+    /// connections (id, meta and `joined_at`, in order). `last_seen_at` is
+    /// left out: heartbeats move it without events, so a list kept from
+    /// events (`LiveMembers`) and the store's own may differ only there.
+    pub fn same_presence(a: &[Member], b: &[Member]) -> bool {
+        let same_connection = |x: &Connection, y: &Connection| {
+            x.connection == y.connection && x.meta == y.meta && x.joined_at == y.joined_at
+        };
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(x, y)| {
+                x.topic == y.topic
+                    && x.member == y.member
+                    && x.joined_at == y.joined_at
+                    && x.connections.len() == y.connections.len()
+                    && x.connections
+                        .iter()
+                        .zip(&y.connections)
+                        .all(|(c, d)| same_connection(c, d))
+            })
+    }
+
     /// The member's connections as entries.
     pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
         self.connections.iter().map(|connection| Entry {
@@ -241,6 +263,26 @@ mod tests {
         assert_eq!(conns, ["b1", "b2", "b0"]);
         assert_eq!(bob.joined_at, Timestamp::from_millis(5));
         assert_eq!(bob.last_seen_at, Timestamp::from_millis(9));
+    }
+
+    #[test]
+    fn same_presence_ignores_only_last_seen() {
+        let base = Member::group([entry("t", "a", "c1", 1, 5), entry("t", "b", "c1", 2, 5)]);
+        let heartbeated = Member::group([entry("t", "a", "c1", 1, 9), entry("t", "b", "c1", 2, 7)]);
+        assert!(Member::same_presence(&base, &heartbeated));
+
+        let mut other_meta = heartbeated.clone();
+        other_meta[1].connections[0].meta = Meta::from_json(r#"{"x":1}"#).unwrap();
+        assert!(!Member::same_presence(&base, &other_meta));
+        let rejoined = Member::group([entry("t", "a", "c1", 3, 5), entry("t", "b", "c1", 2, 5)]);
+        assert!(!Member::same_presence(&base, &rejoined));
+        let more = Member::group([
+            entry("t", "a", "c1", 1, 5),
+            entry("t", "a", "c2", 1, 5),
+            entry("t", "b", "c1", 2, 5),
+        ]);
+        assert!(!Member::same_presence(&base, &more));
+        assert!(!Member::same_presence(&base, &base[..1]));
     }
 
     #[test]

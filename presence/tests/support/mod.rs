@@ -209,28 +209,3 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
-
-/// A member as (member, [(connection, meta json, joined_at)]).
-pub type MemberShape = (String, Vec<(String, String, i64)>);
-
-/// Members as [`MemberShape`]s, leaving out
-/// `last_seen_at`, which heartbeats move without events.
-pub fn shape(members: &[Member]) -> Vec<MemberShape> {
-    members
-        .iter()
-        .map(|m| {
-            let connections = m
-                .connections
-                .iter()
-                .map(|c| {
-                    (
-                        c.connection.to_string(),
-                        c.meta.to_json(),
-                        c.joined_at.as_millis(),
-                    )
-                })
-                .collect();
-            (m.member.to_string(), connections)
-        })
-        .collect()
-}
