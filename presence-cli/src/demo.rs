@@ -132,7 +132,9 @@ pub async fn run(
     };
     let tracker = Tracker::new(store.clone(), demo.ttl);
     out.note(&format!(
-        "{} users with up to {} tabs each in {topic} for {}, TTL {}",
+        "{} users with up to {} tabs each in {topic} for {}, TTL {}; each user acts every \
+         50 to 400 ms, so the rate below is the simulation's pace, not the store's limit \
+         (see BENCHMARKS.md)",
         demo.users,
         demo.tabs,
         humantime::format_duration(demo.duration),
