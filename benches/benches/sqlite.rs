@@ -28,18 +28,21 @@ fn open(rt: &Runtime, dir: &tempfile::TempDir, name: &str) -> Arc<SqliteStore> {
     )
 }
 
-/// Fresh keys for every measurement, so every join creates an entry.
-fn fresh_keys(next: &AtomicUsize, n: usize) -> Vec<PresenceKey> {
+/// Fresh keys for every measurement, so every join creates an entry,
+/// spread over `topics` topics.
+fn fresh_keys(next: &AtomicUsize, n: usize, topics: usize) -> Vec<PresenceKey> {
     let first = next.fetch_add(n, Ordering::Relaxed);
     (first..first + n)
         .map(|i| {
-            PresenceKey::new(format!("topic-{}", i % 1_000), format!("member-{i}"), "c").unwrap()
+            PresenceKey::new(format!("topic-{}", i % topics), format!("member-{i}"), "c").unwrap()
         })
         .collect()
 }
 
 /// 64 tasks joining at once (group commit) against the same calls made one
-/// at a time, in one group so the ratio comes from one run.
+/// at a time, in one group so the ratio comes from one run; keys over 1,000
+/// topics (each join dirties a page of its own), and in one busy topic
+/// (joins share pages).
 fn joins(c: &mut Criterion) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
@@ -47,10 +50,14 @@ fn joins(c: &mut Criterion) {
     let next = AtomicUsize::new(0);
     let mut group = c.benchmark_group("sqlite/join_new_keys");
     group.throughput(Throughput::Elements(1));
-    for tasks in [1usize, 64] {
-        group.bench_function(format!("{tasks}_tasks"), |b| {
+    for (id, tasks, topics) in [
+        ("1_tasks", 1usize, 1_000usize),
+        ("64_tasks", 64, 1_000),
+        ("64_tasks_one_topic", 64, 1),
+    ] {
+        group.bench_function(id, |b| {
             b.iter_custom(|iters| {
-                let keys = fresh_keys(&next, iters as usize);
+                let keys = fresh_keys(&next, iters as usize, topics);
                 let store: Arc<dyn PresenceStore> = store.clone();
                 rt.block_on(join_concurrently(store, keys, tasks))
             })
