@@ -5,10 +5,10 @@
 //! schemas of their own. Run with `cargo bench -p benches --bench postgres`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
-use benches::{bench_touch_many_and_count, join_concurrently};
+use benches::{bench_touch_many_and_count, fresh_keys, join_concurrently};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use presence_core::{PresenceKey, PresenceStore, Timestamp};
@@ -93,15 +93,6 @@ impl OneStatementPerCall {
     }
 }
 
-fn fresh_keys(next: &AtomicUsize, n: usize) -> Vec<PresenceKey> {
-    let first = next.fetch_add(n, Ordering::Relaxed);
-    (first..first + n)
-        .map(|i| {
-            PresenceKey::new(format!("topic-{}", i % 1_000), format!("member-{i}"), "c").unwrap()
-        })
-        .collect()
-}
-
 fn joins(c: &mut Criterion) {
     let rt = runtime();
     let ours = store(&rt, "bench_joins");
@@ -109,38 +100,41 @@ fn joins(c: &mut Criterion) {
     let next = AtomicUsize::new(0);
     let mut group = c.benchmark_group("postgres/join_new_keys_64_tasks");
     group.throughput(Throughput::Elements(1));
-    group.bench_function("coalesced", |b| {
-        b.iter_custom(|iters| {
-            let keys = fresh_keys(&next, iters as usize);
-            let store: Arc<dyn PresenceStore> = ours.clone();
-            rt.block_on(join_concurrently(store, keys, 64))
-        })
-    });
-    group.bench_function("one_statement_per_call", |b| {
-        b.iter_custom(|iters| {
-            let keys = fresh_keys(&next, iters as usize);
-            let baseline = baseline.clone();
-            rt.block_on(async move {
-                let chunk = keys.len().div_ceil(64).max(1);
-                let start = Instant::now();
-                let tasks: Vec<_> = keys
-                    .chunks(chunk)
-                    .map(|share| {
-                        let (baseline, share) = (baseline.clone(), share.to_vec());
-                        tokio::spawn(async move {
-                            for key in &share {
-                                baseline.join(key).await;
-                            }
-                        })
-                    })
-                    .collect();
-                for task in tasks {
-                    task.await.unwrap();
-                }
-                start.elapsed()
+    // Keys over 1,000 topics, and in one busy topic.
+    for (suffix, topics) in [("", 1_000usize), ("_one_topic", 1)] {
+        group.bench_function(format!("coalesced{suffix}"), |b| {
+            b.iter_custom(|iters| {
+                let keys = fresh_keys(&next, iters as usize, topics);
+                let store: Arc<dyn PresenceStore> = ours.clone();
+                rt.block_on(join_concurrently(store, keys, 64))
             })
-        })
-    });
+        });
+        group.bench_function(format!("one_statement_per_call{suffix}"), |b| {
+            b.iter_custom(|iters| {
+                let keys = fresh_keys(&next, iters as usize, topics);
+                let baseline = baseline.clone();
+                rt.block_on(async move {
+                    let chunk = keys.len().div_ceil(64).max(1);
+                    let start = Instant::now();
+                    let tasks: Vec<_> = keys
+                        .chunks(chunk)
+                        .map(|share| {
+                            let (baseline, share) = (baseline.clone(), share.to_vec());
+                            tokio::spawn(async move {
+                                for key in &share {
+                                    baseline.join(key).await;
+                                }
+                            })
+                        })
+                        .collect();
+                    for task in tasks {
+                        task.await.unwrap();
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
     group.finish();
 }
 

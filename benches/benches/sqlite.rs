@@ -3,12 +3,12 @@
 //! to BENCHMARKS.md.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use benches::{bench_touch_many_and_count, join_concurrently};
+use benches::{bench_touch_many_and_count, fresh_keys, join_concurrently};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use presence_core::{PresenceKey, PresenceStore, Timestamp};
+use presence_core::{PresenceStore, Timestamp};
 use presence_sqlite::{SqliteConfig, SqliteStore};
 use tokio::runtime::Runtime;
 
@@ -26,17 +26,6 @@ fn open(rt: &Runtime, dir: &tempfile::TempDir, name: &str) -> Arc<SqliteStore> {
         rt.block_on(SqliteStore::open(SqliteConfig::file(path)))
             .unwrap(),
     )
-}
-
-/// Fresh keys for every measurement, so every join creates an entry,
-/// spread over `topics` topics.
-fn fresh_keys(next: &AtomicUsize, n: usize, topics: usize) -> Vec<PresenceKey> {
-    let first = next.fetch_add(n, Ordering::Relaxed);
-    (first..first + n)
-        .map(|i| {
-            PresenceKey::new(format!("topic-{}", i % topics), format!("member-{i}"), "c").unwrap()
-        })
-        .collect()
 }
 
 /// 64 tasks joining at once (group commit) against the same calls made one

@@ -19,6 +19,23 @@ pub fn spread_keys(n: usize, topics: usize) -> Vec<PresenceKey> {
     (0..n).map(|i| spread_key(i, topics)).collect()
 }
 
+/// `n` keys never used before in this bench run (the counter `next`
+/// remembers where the last call ended), over `topics` topics, so every
+/// join creates an entry.
+pub fn fresh_keys(
+    next: &std::sync::atomic::AtomicUsize,
+    n: usize,
+    topics: usize,
+) -> Vec<PresenceKey> {
+    let first = next.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    (first..first + n)
+        .map(|i| {
+            PresenceKey::new(format!("topic-{}", i % topics), format!("member-{i}"), "c")
+                .expect("valid bench key")
+        })
+        .collect()
+}
+
 /// Joins every key with empty meta.
 pub async fn join_all(store: &dyn PresenceStore, keys: &[PresenceKey]) {
     for key in keys {
