@@ -231,8 +231,8 @@ struct Inner {
     store: Arc<dyn PresenceStore>,
     routes: Vec<Arc<Route>>,
     cache_for: Duration,
-    configs: Mutex<HashMap<Topic, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
-    rooms: Mutex<HashMap<Topic, Weak<Room>>>,
+    configs: Mutex<Pruned<Topic, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
+    rooms: Mutex<Pruned<Topic, Weak<Room>>>,
     /// Topics entered through these channels, with their TTL, for
     /// `sweep_expired`.
     entered: Mutex<HashMap<Topic, Duration>>,
@@ -253,19 +253,44 @@ struct Route {
 /// An enricher and the records it returned, by member, with when.
 struct Enrichment {
     enrich: Enricher,
-    records: Mutex<HashMap<MemberId, (Timestamp, Value)>>,
+    records: Mutex<Pruned<MemberId, (Timestamp, Value)>>,
     /// One enrichment at a time per topic, so concurrent readers of a topic
     /// share one call; different topics do not wait for each other.
-    turns: Mutex<HashMap<Topic, Arc<tokio::sync::Mutex<()>>>>,
+    turns: Mutex<Pruned<Topic, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A map of caches and gates that forgets what is no longer needed once it
+/// has doubled since it last did, so pruning costs O(1) per insertion
+/// however many entries stay alive.
+struct Pruned<K, V> {
+    map: HashMap<K, V>,
+    prune_at: usize,
+}
+
+impl<K, V> Default for Pruned<K, V> {
+    fn default() -> Self {
+        Self {
+            map: HashMap::new(),
+            prune_at: 1024,
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V> Pruned<K, V> {
+    /// Before adding entries: drops those `keep` refuses, if it is time.
+    fn prune(&mut self, keep: impl FnMut(&K, &mut V) -> bool) {
+        if self.map.len() >= self.prune_at {
+            self.map.retain(keep);
+            self.prune_at = (2 * self.map.len()).max(1024);
+        }
+    }
 }
 
 impl Enrichment {
     fn turn(&self, topic: &Topic) -> Arc<tokio::sync::Mutex<()>> {
         let mut turns = self.turns.lock().unwrap();
-        if turns.len() >= 1024 {
-            turns.retain(|_, turn| Arc::strong_count(turn) > 1);
-        }
-        turns.entry(topic.clone()).or_default().clone()
+        turns.prune(|_, turn| Arc::strong_count(turn) > 1);
+        turns.map.entry(topic.clone()).or_default().clone()
     }
 }
 
@@ -522,16 +547,15 @@ impl Channels {
         let now = self.inner.store.clock().now();
         let slot = {
             let mut configs = self.inner.configs.lock().unwrap();
-            if configs.len() >= 4096 {
-                configs.retain(|_, slot| {
-                    slot.try_lock().map_or(true, |cached| {
-                        cached
-                            .as_ref()
-                            .is_some_and(|c| now - self.inner.cache_for < c.at)
-                    })
-                });
-            }
-            configs.entry(topic.clone()).or_default().clone()
+            // Keep what is fresh, and what someone is resolving right now.
+            configs.prune(|_, slot| {
+                slot.try_lock().map_or(true, |cached| {
+                    cached
+                        .as_ref()
+                        .is_some_and(|c| now - self.inner.cache_for < c.at)
+                })
+            });
+            configs.map.entry(topic.clone()).or_default().clone()
         };
         let mut cached = slot.lock().await;
         if let Some(hit) = cached.as_ref()
@@ -572,6 +596,7 @@ impl Channels {
                 .iter()
                 .filter(|m| {
                     records
+                        .map
                         .get(&m.member)
                         .is_none_or(|(at, _)| *at <= fresh_after)
                 })
@@ -584,13 +609,12 @@ impl Channels {
             (enrichment.enrich)(missing.clone()).await?
         };
         let mut records = enrichment.records.lock().unwrap();
+        records.prune(|_, (at, _)| *at > fresh_after);
         for id in missing {
             let record = found.remove(&id).unwrap_or(Value::Null);
-            records.insert(id, (now, record));
+            records.map.insert(id, (now, record));
         }
-        if records.len() > 4 * members.len().max(1024) {
-            records.retain(|_, (at, _)| *at > fresh_after);
-        }
+        let records = &records.map;
         Ok(members
             .into_iter()
             .map(|member| {
@@ -609,6 +633,7 @@ impl Channels {
             .rooms
             .lock()
             .unwrap()
+            .map
             .get(topic)
             .and_then(Weak::upgrade)
         {
@@ -617,11 +642,11 @@ impl Channels {
         let room = Room::open(self.clone(), route, topic.clone()).await?;
         let mut rooms = self.inner.rooms.lock().unwrap();
         // Another subscriber may have opened it meanwhile: share theirs.
-        if let Some(theirs) = rooms.get(topic).and_then(Weak::upgrade) {
+        if let Some(theirs) = rooms.map.get(topic).and_then(Weak::upgrade) {
             return Ok(theirs);
         }
-        rooms.retain(|_, room| room.strong_count() > 0);
-        rooms.insert(topic.clone(), Arc::downgrade(&room));
+        rooms.prune(|_, room| room.strong_count() > 0);
+        rooms.map.insert(topic.clone(), Arc::downgrade(&room));
         Ok(room)
     }
 }
@@ -779,6 +804,34 @@ impl Drop for Room {
     fn drop(&mut self) {
         if let Some(task) = self.task.get_mut().unwrap().take() {
             task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pruned;
+
+    #[test]
+    fn pruning_waits_for_the_map_to_double() {
+        let mut pruned: Pruned<u32, bool> = Pruned::default();
+        let mut checks = 0;
+        for i in 0..4096 {
+            pruned.prune(|_, alive| {
+                checks += 1;
+                *alive
+            });
+            // Every other entry is alive.
+            pruned.map.insert(i, i % 2 == 0);
+        }
+        // Scans at 1,024 (keeps 512, next at 1,024 again), then as the map
+        // doubles: a linear number of checks in all, not one scan per insert.
+        assert!(checks < 3 * 4096, "{checks} checks for 4,096 inserts");
+        assert!(pruned.map.len() < 4096);
+        assert!(pruned.map.iter().filter(|(_, alive)| !**alive).count() < 1024);
+        // Nothing alive is ever dropped.
+        for i in (0..4096).step_by(2) {
+            assert_eq!(pruned.map.get(&i), Some(&true), "{i}");
         }
     }
 }
