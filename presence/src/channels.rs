@@ -233,9 +233,9 @@ struct Inner {
     cache_for: Duration,
     configs: Mutex<Pruned<Topic, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
     rooms: Mutex<Pruned<Topic, Weak<Room>>>,
-    /// Topics entered through these channels, with their TTL, for
-    /// `sweep_expired`.
-    entered: Mutex<HashMap<Topic, Duration>>,
+    /// Topics entered through these channels, with their TTL and when they
+    /// were last entered, for `sweep_expired`.
+    entered: Mutex<HashMap<Topic, (Duration, Timestamp)>>,
 }
 
 #[derive(Clone)]
@@ -478,20 +478,28 @@ impl Channels {
     /// Run it where a [`Sweeper`](crate::Sweeper) would run.
     pub async fn sweep_expired(&self, fallback_ttl: Duration) -> Result<Vec<Departure>> {
         let store = &self.inner.store;
+        let started = store.clock().now();
         let entered: Vec<(Topic, Duration)> = self
             .inner
             .entered
             .lock()
             .unwrap()
             .iter()
-            .map(|(topic, ttl)| (topic.clone(), *ttl))
+            .map(|(topic, (ttl, _))| (topic.clone(), *ttl))
             .collect();
         let mut departures = Vec::new();
         for (topic, ttl) in entered {
-            if ttl < fallback_ttl {
+            // Topics on the fallback TTL are swept below; empty ones need
+            // no sweeping until someone enters again (which re-records it).
+            let done = ttl >= fallback_ttl || {
                 departures.extend(store.sweep(&topic, store.clock().now() - ttl).await?);
-                if store.count(&topic).await?.connections == 0 {
-                    self.inner.entered.lock().unwrap().remove(&topic);
+                store.count(&topic).await?.connections == 0
+            };
+            if done {
+                let mut entered = self.inner.entered.lock().unwrap();
+                // Unless someone entered meanwhile.
+                if entered.get(&topic).is_some_and(|(_, at)| *at < started) {
+                    entered.remove(&topic);
                 }
             }
         }
@@ -500,11 +508,12 @@ impl Channels {
     }
 
     fn entered(&self, topic: &Topic, ttl: Duration) {
+        let now = self.inner.store.clock().now();
         self.inner
             .entered
             .lock()
             .unwrap()
-            .insert(topic.clone(), ttl);
+            .insert(topic.clone(), (ttl, now));
     }
 
     async fn may_enter(&self, viewer: &MemberId, key: &PresenceKey) -> Result<Arc<ChannelConfig>> {

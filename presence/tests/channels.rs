@@ -490,6 +490,20 @@ async fn channel_ttls_drive_the_sweep(backend: &dyn Backend) {
     let mut gone: Vec<String> = gone.iter().map(|d| d.entry.key.topic.to_string()).collect();
     gone.sort();
     assert_eq!(gone, ["/other/a", "/slow/a"]);
+
+    // An emptied fast topic entered again is swept on its own TTL again.
+    let again = key("/fast/a", "bob", "tab");
+    channels
+        .join(&again.member, &again, Meta::new())
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(20));
+    let gone = channels
+        .sweep_expired(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].entry.key, again);
 }
 
 async fn failed_enrichment_is_retried_with_the_whole_list(backend: &dyn Backend) {
