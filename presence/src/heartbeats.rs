@@ -94,9 +94,9 @@ impl Heartbeats {
     }
 
     /// Sends every pending heartbeat now, in one `touch_many` per 10,000
-    /// keys, and returns the keys that were absent (also handed to the
-    /// absent handler). Keys of a batch that failed stay pending for the
-    /// next flush.
+    /// keys (sent side by side), and returns the keys that were absent
+    /// (also handed to the absent handler). Keys of a batch that failed stay
+    /// pending for the next flush, and the flush returns the error.
     pub async fn flush(&self) -> Result<Vec<PresenceKey>> {
         self.shared.flush().await
     }
@@ -122,18 +122,22 @@ impl Shared {
         let keys: Vec<PresenceKey> = std::mem::take(&mut *self.pending.lock().unwrap())
             .into_iter()
             .collect();
+        // Batches of the contract's largest size, sent side by side (a
+        // pooled store runs them on several connections at once).
+        let batches: Vec<&[PresenceKey]> = keys.chunks(MAX_BATCH_KEYS).collect();
+        let results =
+            futures::future::join_all(batches.iter().map(|batch| self.store.touch_many(batch)))
+                .await;
         let mut absent = Vec::new();
-        let mut batches = keys.chunks(MAX_BATCH_KEYS);
-        while let Some(batch) = batches.next() {
-            match self.store.touch_many(batch).await {
+        let mut failure = None;
+        for (batch, result) in batches.iter().zip(results) {
+            match result {
                 Ok(missing) => absent.extend(missing),
                 Err(error) => {
-                    // Keep what was not sent; a newer touch of a key is
-                    // the same heartbeat, so merging loses nothing.
-                    let mut pending = self.pending.lock().unwrap();
-                    pending.extend(batch.iter().cloned());
-                    pending.extend(batches.flatten().cloned());
-                    return Err(error);
+                    // Keep what failed for the next flush; a newer touch of
+                    // a key is the same heartbeat, so merging loses nothing.
+                    self.pending.lock().unwrap().extend(batch.iter().cloned());
+                    failure.get_or_insert(error);
                 }
             }
         }
@@ -142,7 +146,10 @@ impl Shared {
         {
             on_absent(absent.clone());
         }
-        Ok(absent)
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(absent),
+        }
     }
 }
 

@@ -22,6 +22,7 @@ on_every_backend!(
     guard_updates_meta,
     heartbeats_flush_in_one_touch_many,
     heartbeats_report_absent_keys,
+    heartbeats_split_large_flushes_and_keep_failed_batches,
     two_sweepers_never_report_twice,
     live_members_follow_events_and_diffs,
     live_members_converge_across_resyncs,
@@ -524,4 +525,33 @@ async fn converge_case(
     .await;
     total_resyncs.fetch_add(live.resyncs(), std::sync::atomic::Ordering::SeqCst);
     reader.abort();
+}
+
+async fn heartbeats_split_large_flushes_and_keep_failed_batches(backend: &dyn Backend) {
+    let inner = backend.open(&Setup::default()).await;
+    let counted = Counted::new(inner.clone());
+    let heartbeats = Heartbeats::new(counted.clone(), HOUR);
+    // 25,000 keys (none joined: touching is what is measured here).
+    for i in 0..25_000 {
+        heartbeats.touch(key(&format!("room-{}", i % 50), &format!("m{i}"), "s"));
+    }
+    counted
+        .fail_batches_under
+        .store(10_000, std::sync::atomic::Ordering::SeqCst);
+    let err = heartbeats.flush().await.unwrap_err();
+    assert!(err.to_string().contains("injected"), "{err}");
+    assert_eq!(counted.touch_many_calls(), 3, "10,000 + 10,000 + 5,000");
+    assert_eq!(
+        heartbeats.pending(),
+        5_000,
+        "the failed batch stays pending"
+    );
+
+    counted
+        .fail_batches_under
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    let absent = heartbeats.flush().await.unwrap();
+    assert_eq!(absent.len(), 5_000);
+    assert_eq!(counted.touch_many_calls(), 4);
+    assert_eq!(heartbeats.pending(), 0);
 }

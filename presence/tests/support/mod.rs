@@ -111,6 +111,8 @@ pub struct Counted {
     pub touches: AtomicU64,
     pub touch_many_calls: AtomicU64,
     pub touch_many_keys: AtomicU64,
+    /// `touch_many` of fewer keys than this fails (0: never).
+    pub fail_batches_under: AtomicU64,
 }
 
 impl Counted {
@@ -120,6 +122,7 @@ impl Counted {
             touches: AtomicU64::new(0),
             touch_many_calls: AtomicU64::new(0),
             touch_many_keys: AtomicU64::new(0),
+            fail_batches_under: AtomicU64::new(0),
         })
     }
 
@@ -145,6 +148,9 @@ impl PresenceStore for Counted {
     }
     async fn touch_many(&self, keys: &[PresenceKey]) -> Result<Vec<PresenceKey>> {
         self.touch_many_calls.fetch_add(1, Ordering::SeqCst);
+        if (keys.len() as u64) < self.fail_batches_under.load(Ordering::SeqCst) {
+            return Err(presence::Error::backend("test", "injected failure"));
+        }
         self.touch_many_keys
             .fetch_add(keys.len() as u64, Ordering::SeqCst);
         self.inner.touch_many(keys).await
