@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
-use benches::{bench_touch_many_and_count, fresh_keys, join_concurrently};
+use benches::{bench_heartbeats_and_count, fresh_keys, join_concurrently};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use presence_core::{PresenceKey, PresenceStore, Timestamp};
@@ -138,10 +138,10 @@ fn joins(c: &mut Criterion) {
     group.finish();
 }
 
-fn touch_many_and_count(c: &mut Criterion) {
+fn heartbeats_and_count(c: &mut Criterion) {
     let rt = runtime();
     let store = store(&rt, "bench_reads");
-    bench_touch_many_and_count(c, &rt, store, "postgres");
+    bench_heartbeats_and_count(c, &rt, store, "postgres");
 }
 
 fn sweeps(c: &mut Criterion) {
@@ -186,5 +186,5 @@ fn sweeps(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, joins, touch_many_and_count, sweeps);
+criterion_group!(benches, joins, heartbeats_and_count, sweeps);
 criterion_main!(benches);

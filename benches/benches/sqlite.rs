@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use benches::{bench_touch_many_and_count, fresh_keys, join_concurrently};
+use benches::{bench_heartbeats_and_count, fresh_keys, join_concurrently};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use presence_core::{PresenceStore, Timestamp};
 use presence_sqlite::{SqliteConfig, SqliteStore};
@@ -55,11 +55,11 @@ fn joins(c: &mut Criterion) {
     group.finish();
 }
 
-fn touch_many_and_count(c: &mut Criterion) {
+fn heartbeats_and_count(c: &mut Criterion) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let store = open(&rt, &dir, "reads.db");
-    bench_touch_many_and_count(c, &rt, store, "sqlite");
+    bench_heartbeats_and_count(c, &rt, store, "sqlite");
 }
 
 /// A file with 100,000 entries over 1,000 topics, all seen at time 0, so a
@@ -109,5 +109,5 @@ fn sweeps(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, joins, touch_many_and_count, sweeps);
+criterion_group!(benches, joins, heartbeats_and_count, sweeps);
 criterion_main!(benches);

@@ -82,10 +82,11 @@ pub async fn join_concurrently(
     start.elapsed()
 }
 
-/// `touch_many` of 1,000 present keys and `count` of a topic of 100,000
-/// members, on any store, in the criterion group `group`: the same shapes
-/// for every backend.
-pub fn bench_touch_many_and_count(
+/// `touch_many` of 1,000 present keys, a [`presence::Heartbeats`] flush of
+/// 50,000 sockets' heartbeats, and `count` of a topic of 100,000 members, on
+/// any store, in the criterion group `group`: the same shapes for every
+/// backend.
+pub fn bench_heartbeats_and_count(
     c: &mut criterion::Criterion,
     rt: &tokio::runtime::Runtime,
     store: std::sync::Arc<dyn PresenceStore>,
@@ -101,6 +102,34 @@ pub fn bench_touch_many_and_count(
     group.bench_function("touch_many_1000", |b| {
         b.iter(|| black_box(rt.block_on(store.touch_many(&keys)).unwrap()))
     });
+
+    // 50,000 sockets heartbeating once each between two flushes; only the
+    // flush is timed.
+    let sockets = spread_keys(50_000, 1_000);
+    rt.block_on(join_concurrently(store.clone(), sockets.clone(), 64));
+    let heartbeats = {
+        let _runtime = rt.enter();
+        presence::Heartbeats::new(store.clone(), std::time::Duration::from_secs(3600))
+    };
+    group.throughput(Throughput::Elements(sockets.len() as u64));
+    group.sample_size(10);
+    group.bench_function("heartbeats_flush_50000", |b| {
+        b.iter_custom(|iters| {
+            let mut flushing = std::time::Duration::ZERO;
+            for _ in 0..iters {
+                for key in &sockets {
+                    heartbeats.touch(key.clone());
+                }
+                let start = std::time::Instant::now();
+                let absent = rt.block_on(heartbeats.flush()).unwrap();
+                flushing += start.elapsed();
+                assert!(absent.is_empty());
+            }
+            flushing
+        })
+    });
+    group.sample_size(100);
+
     let room = room_keys("big-room", 100_000, 1);
     rt.block_on(join_concurrently(store.clone(), room.clone(), 64));
     let topic = room[0].topic.clone();
