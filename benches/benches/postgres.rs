@@ -8,21 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
-use benches::{bench_heartbeats_and_count, fresh_keys, join_concurrently};
+use benches::{bench_heartbeats_and_count, fresh_keys, join_concurrently, runtime};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use presence_core::{PresenceKey, PresenceStore, Timestamp};
 use presence_postgres::{PostgresConfig, PostgresStore, testing};
 use tokio::runtime::Runtime;
 use tokio_postgres::NoTls;
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn url() -> String {
     testing::prefer_durable_server();

@@ -6,19 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use benches::{bench_heartbeats_and_count, fresh_keys, join_concurrently};
+use benches::{bench_heartbeats_and_count, fresh_keys, join_concurrently, runtime};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use presence_core::{PresenceStore, Timestamp};
 use presence_sqlite::{SqliteConfig, SqliteStore};
 use tokio::runtime::Runtime;
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn open(rt: &Runtime, dir: &tempfile::TempDir, name: &str) -> Arc<SqliteStore> {
     let path = dir.path().join(name);

@@ -36,6 +36,16 @@ pub fn fresh_keys(
         .collect()
 }
 
+/// The runtime every bench drives its store with: two workers, as many as
+/// the machine has cores.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
 /// Joins every key with empty meta.
 pub async fn join_all(store: &dyn PresenceStore, keys: &[PresenceKey]) {
     for key in keys {

@@ -60,6 +60,20 @@ pub fn server_url() -> Option<String> {
     }
 }
 
+/// The config of a test store: the test server, a schema of its own named
+/// after `label`, a pool of 4. Check [`unavailable`] first.
+///
+/// # Panics
+///
+/// When there is no test server.
+pub fn store_config(label: &str) -> crate::PostgresConfig {
+    let url = server_url().expect("a test server (check testing::unavailable first)");
+    let mut config = crate::PostgresConfig::new(url);
+    config.schema = unique_schema(label);
+    config.pool_size = 4;
+    config
+}
+
 /// Why the Postgres tests cannot run, if they cannot (and are not required).
 pub fn unavailable() -> Option<String> {
     match server_url() {

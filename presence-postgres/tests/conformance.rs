@@ -5,17 +5,14 @@ use std::sync::Arc;
 
 use conformance::{Backend, Setup};
 use presence_core::PresenceStore;
-use presence_postgres::{PostgresConfig, PostgresStore, testing};
+use presence_postgres::{PostgresStore, testing};
 
 struct Postgres;
 
 #[async_trait::async_trait]
 impl Backend for Postgres {
     async fn open(&self, setup: &Setup) -> Arc<dyn PresenceStore> {
-        let url = testing::server_url().expect("checked by unavailable()");
-        let mut config = PostgresConfig::new(url);
-        config.schema = testing::unique_schema("conf");
-        config.pool_size = 4;
+        let mut config = testing::store_config("conf");
         config.max_meta_bytes = setup.max_meta_bytes;
         config.event_buffer = setup.event_buffer;
         config.clock = Arc::new(setup.clock.clone());

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use conformance::support::stored_keys;
 use futures::StreamExt;
 use presence_core::{Error, Event, Meta, PresenceKey, PresenceStore, Topic};
-use presence_postgres::{PostgresConfig, PostgresStore, testing};
+use presence_postgres::{PostgresStore, testing};
 
 /// Longer than any call may take: a call still running then has hung.
 const HANG: Duration = Duration::from_secs(10);
@@ -22,9 +22,7 @@ async fn terminated_connections_fail_calls_cleanly_and_recover() {
     let Some(url) = testing::server_url() else {
         return;
     };
-    let mut config = PostgresConfig::new(&url);
-    config.schema = testing::unique_schema("faults");
-    config.pool_size = 4;
+    let config = testing::store_config("faults");
     let store = Arc::new(PostgresStore::connect(config).await.unwrap());
     let topic = Topic::new("load").unwrap();
     let mut events = store.subscribe(&topic).await.unwrap();

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 pub use conformance::{Backend, Setup};
-use presence::postgres::{PostgresConfig, PostgresStore, testing};
+use presence::postgres::{PostgresStore, testing};
 use presence::sqlite::{SqliteConfig, SqliteStore};
 use presence::{
     Clock, ConnectionId, Counts, Departure, Entry, EventStream, Joined, Member, MemberId, Meta,
@@ -59,10 +59,7 @@ pub struct Postgres;
 #[async_trait]
 impl Backend for Postgres {
     async fn open(&self, setup: &Setup) -> Arc<dyn PresenceStore> {
-        let url = testing::server_url().expect("checked by unavailable()");
-        let mut config = PostgresConfig::new(url);
-        config.schema = testing::unique_schema("helpers");
-        config.pool_size = 4;
+        let mut config = testing::store_config("helpers");
         config.max_meta_bytes = setup.max_meta_bytes;
         config.event_buffer = setup.event_buffer;
         config.clock = Arc::new(setup.clock.clone());
