@@ -37,12 +37,19 @@ pub struct SqliteConfig {
     pub read_connections: usize,
     /// Most calls committed in one transaction by the writer.
     pub max_group: usize,
-    /// WAL pages written before the writer checkpoints them into the file
-    /// (SQLite's `wal_autocheckpoint`; files only). The WAL grows to about
-    /// this many 4 KiB pages. Larger values trade disk for write throughput
-    /// under heavy load (BENCHMARKS.md: 10,000 → 40,000 pages gave ~1.2x
-    /// joins/s); durability is the same.
+    /// The WAL's length, in 4 KiB pages, at which it starts over (files
+    /// only): once this many pages are written, the writer finishes
+    /// copying them into the file between two transactions. With
+    /// `background_checkpoints` the copying happens every tenth of this on
+    /// another thread; without it, this is SQLite's `wal_autocheckpoint`.
+    /// Larger values trade disk for write throughput under heavy load
+    /// (BENCHMARKS.md); durability is the same.
     pub checkpoint_pages: u32,
+    /// Copy the WAL into the file on a thread of its own, with a second
+    /// connection (files only; default). Off, SQLite checkpoints inside the
+    /// commit that crosses `checkpoint_pages`, and every call grouped into
+    /// that commit waits for it: tens of milliseconds (BENCHMARKS.md).
+    pub background_checkpoints: bool,
 }
 
 impl SqliteConfig {
@@ -67,6 +74,7 @@ impl SqliteConfig {
             read_connections: 4,
             max_group: 1024,
             checkpoint_pages: 10_000,
+            background_checkpoints: true,
         }
     }
 

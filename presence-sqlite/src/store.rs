@@ -11,6 +11,7 @@ use presence_core::{
 };
 use rusqlite::Connection;
 
+use crate::checkpoint::Checkpointer;
 use crate::config::{Location, SqliteConfig};
 use crate::error::SqliteError;
 use crate::schema::{SCHEMA_VERSION, open_and_migrate};
@@ -53,23 +54,43 @@ impl SqliteStore {
         let location = config.location.clone();
         let busy_timeout = config.busy_timeout;
         let checkpoint_pages = config.checkpoint_pages;
-        let conn = tokio::task::spawn_blocking(move || -> Result<Connection> {
+        let background = config.background_checkpoints;
+        let (conn, checkpointer) = tokio::task::spawn_blocking(move || {
             let conn = open_and_migrate(&location, &prefix, SCHEMA_VERSION, busy_timeout)?;
-            // Only the writer writes, so only its checkpoints matter. A
-            // checkpoint syncs the file inside the commit that triggers it;
-            // at SQLite's default (1,000 pages) that is every few groups
-            // under load, and 10,000 made group commit ~1.45x faster.
-            conn.pragma_update(None, "wal_autocheckpoint", checkpoint_pages)
-                .map_err(SqliteError::from)?;
-            Ok(conn)
+            let checkpointer = match &location {
+                Location::File(path) if background => {
+                    let other = Connection::open(path).map_err(SqliteError::from)?;
+                    other
+                        .busy_timeout(busy_timeout)
+                        .map_err(SqliteError::from)?;
+                    Some(
+                        Checkpointer::spawn(&conn, other, checkpoint_pages)
+                            .map_err(|e| SqliteError::Pool(e.to_string()))?,
+                    )
+                }
+                // Only the writer writes, so only its checkpoints matter;
+                // SQLite's own run inside the commit that crosses the line.
+                _ => {
+                    conn.pragma_update(None, "wal_autocheckpoint", checkpoint_pages)
+                        .map_err(SqliteError::from)?;
+                    None
+                }
+            };
+            Ok::<_, presence_core::Error>((conn, checkpointer))
         })
         .await
         .map_err(|e| SqliteError::Pool(e.to_string()))??;
 
         let sql = Arc::new(Sql::new(config.checked_prefix()?));
         let channels = Arc::new(Mutex::new(TopicBroadcast::new(config.event_buffer)));
-        let writer = Writer::spawn(conn, sql.clone(), channels.clone(), config.max_group)
-            .map_err(|e| SqliteError::Pool(e.to_string()))?;
+        let writer = Writer::spawn(
+            conn,
+            sql.clone(),
+            channels.clone(),
+            config.max_group,
+            checkpointer,
+        )
+        .map_err(|e| SqliteError::Pool(e.to_string()))?;
         let readers = match &config.location {
             Location::Memory => Readers::Writer,
             Location::File(path) => Readers::Pool(read_pool(path, &config)?),

@@ -8,6 +8,7 @@ use presence_core::{Error, Event, Result, TopicBroadcast};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::checkpoint::Checkpointer;
 use crate::error::SqliteError;
 use crate::sql::Sql;
 
@@ -86,8 +87,10 @@ struct Counters {
 /// The handle callers use to reach the writer thread.
 #[derive(Debug)]
 pub(crate) struct Writer {
-    jobs: mpsc::Sender<Box<dyn Job>>,
+    /// `None` only while dropping.
+    jobs: Option<mpsc::Sender<Box<dyn Job>>>,
     counters: Arc<Counters>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Writer {
@@ -97,17 +100,29 @@ impl Writer {
         sql: Arc<Sql>,
         channels: Arc<Mutex<TopicBroadcast>>,
         max_group: usize,
+        checkpointer: Option<Checkpointer>,
     ) -> std::io::Result<Self> {
         let (jobs, receiver) = mpsc::channel(max_group.max(1) * 4);
         let counters = Arc::new(Counters::default());
         let thread_counters = counters.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("presence-sqlite-writer".into())
             .spawn(move || {
                 let group = max_group.max(1);
-                write_loop(conn, &sql, &channels, &thread_counters, receiver, group);
+                let loop_state = Loop {
+                    conn,
+                    sql: &sql,
+                    channels: &channels,
+                    counters: &thread_counters,
+                    checkpointer,
+                };
+                loop_state.run(receiver, group);
             })?;
-        Ok(Self { jobs, counters })
+        Ok(Self {
+            jobs: Some(jobs),
+            counters,
+            thread: Some(thread),
+        })
     }
 
     pub(crate) fn stats(&self) -> WriterStats {
@@ -128,8 +143,8 @@ impl Writer {
             work: Box::new(work),
             reply,
         });
-        self.jobs
-            .send(call)
+        let jobs = self.jobs.as_ref().expect("the writer is running");
+        jobs.send(call)
             .await
             .map_err(|_| Error::from(SqliteError::WriterGone))?;
         result
@@ -138,27 +153,47 @@ impl Writer {
     }
 }
 
-fn write_loop(
-    conn: Connection,
-    sql: &Sql,
-    channels: &Mutex<TopicBroadcast>,
-    counters: &Counters,
-    mut receiver: mpsc::Receiver<Box<dyn Job>>,
-    max_group: usize,
-) {
-    while let Some(first) = receiver.blocking_recv() {
-        let mut group = vec![first];
-        while group.len() < max_group {
-            match receiver.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
+impl Drop for Writer {
+    /// Waits for the writer thread (and its checkpointer) to finish what
+    /// it was doing and close its connection, so that once a store is
+    /// dropped nothing writes to its file. Callers hold the store while
+    /// they wait, so no call is left waiting.
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
-        counters
-            .calls
-            .fetch_add(group.len() as u64, Ordering::Relaxed);
-        if commit_group(&conn, sql, channels, group) {
-            counters.commits.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The writer thread's state.
+struct Loop<'a> {
+    conn: Connection,
+    sql: &'a Sql,
+    channels: &'a Mutex<TopicBroadcast>,
+    counters: &'a Counters,
+    checkpointer: Option<Checkpointer>,
+}
+
+impl Loop<'_> {
+    fn run(self, mut receiver: mpsc::Receiver<Box<dyn Job>>, max_group: usize) {
+        while let Some(first) = receiver.blocking_recv() {
+            let mut group = vec![first];
+            while group.len() < max_group {
+                match receiver.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.counters
+                .calls
+                .fetch_add(group.len() as u64, Ordering::Relaxed);
+            if commit_group(&self.conn, self.sql, self.channels, group) {
+                self.counters.commits.fetch_add(1, Ordering::Relaxed);
+                if let Some(checkpointer) = &self.checkpointer {
+                    checkpointer.committed(&self.conn);
+                }
+            }
         }
     }
 }

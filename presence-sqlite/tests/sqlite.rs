@@ -267,28 +267,81 @@ fn dropping_the_store_outside_a_runtime_is_fine() {
     drop(store); // after the runtime is gone
 }
 
-/// `checkpoint_pages` bounds the WAL: a small value keeps it small, a large
-/// one lets it grow with the writes.
+/// `checkpoint_pages` bounds the WAL whoever checkpoints: a small value
+/// keeps it small, a large one lets it grow with the writes. The load is
+/// 32 tasks joining without pause, so with background checkpoints the WAL
+/// only starts over because the writer seals it (a passive checkpoint
+/// running beside steady commits never copies the last frame).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoint_pages_bounds_the_wal() {
     let dir = tempfile::tempdir().unwrap();
-    let mut wal_bytes = Vec::new();
-    for pages in [50, 1_000_000] {
-        let path = dir.path().join(format!("wal-{pages}.db"));
-        let mut config = SqliteConfig::file(&path);
-        config.checkpoint_pages = pages;
-        let store = SqliteStore::open(config).await.unwrap();
-        for i in 0..2_000 {
-            let key = key(&format!("topic-{}", i % 100), &format!("member-{i}"), "c");
-            store.join(&key, Meta::new()).await.unwrap();
+    for background in [true, false] {
+        let mut wal_bytes = Vec::new();
+        for pages in [50, 1_000_000] {
+            let name = format!("wal-{background}-{pages}.db");
+            let mut config = SqliteConfig::file(dir.path().join(&name));
+            config.checkpoint_pages = pages;
+            config.background_checkpoints = background;
+            let store = Arc::new(SqliteStore::open(config).await.unwrap());
+            let tasks = (0..32).map(|task| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for i in 0..150 {
+                        let key = key(&format!("topic-{}", i % 100), &format!("m{task}-{i}"), "c");
+                        store.join(&key, Meta::new()).await.unwrap();
+                    }
+                })
+            });
+            for task in join_all(tasks).await {
+                task.unwrap();
+            }
+            let wal = dir.path().join(format!("{name}-wal"));
+            wal_bytes.push(std::fs::metadata(&wal).unwrap().len());
         }
-        let wal = dir.path().join(format!("wal-{pages}.db-wal"));
-        wal_bytes.push(std::fs::metadata(&wal).unwrap().len());
+        let (small, large) = (wal_bytes[0], wal_bytes[1]);
+        assert!(
+            small < 1 << 20,
+            "a 50-page WAL grew to {small} bytes (background: {background})"
+        );
+        assert!(
+            large > 4 * small,
+            "a 1,000,000-page WAL stayed at {large} bytes (the 50-page one: {small}; \
+             background: {background})"
+        );
     }
-    let (small, large) = (wal_bytes[0], wal_bytes[1]);
-    assert!(small < 1 << 20, "a 50-page WAL grew to {small} bytes");
-    assert!(
-        large > 4 * small,
-        "a 1,000,000-page WAL stayed at {large} bytes (the 50-page one: {small})"
-    );
+}
+
+/// Dropping the last clone of a store waits for its writer and checkpointer
+/// to close their connections: nothing writes to the file afterwards, and
+/// SQLite, closing the last connection, folds the WAL into the file and
+/// removes it. (Read connections, none here, close in the background.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_store_closes_its_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("closed.db");
+    let wal = dir.path().join("closed.db-wal");
+    for round in 0..5 {
+        let store = Arc::new(open(&path).await);
+        let joins = (0..64).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let key = key("room", &format!("m{round}-{i}"), "c");
+                store.join(&key, Meta::new()).await.unwrap();
+            })
+        });
+        for join in join_all(joins).await {
+            join.unwrap();
+        }
+        assert!(
+            wal.exists(),
+            "round {round}: the store writes through a WAL"
+        );
+        drop(store);
+        assert!(!wal.exists(), "round {round}: the WAL outlived the store");
+    }
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let entries: i64 = raw
+        .query_row("SELECT COUNT(*) FROM presence_entries", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(entries, 5 * 64);
 }

@@ -1,0 +1,172 @@
+//! The checkpointer: copies the WAL back into the database file on a thread
+//! of its own, so that commits never wait for a checkpoint's copying and
+//! syncing.
+//!
+//! SQLite's own auto-checkpoint runs inside the commit that crosses the
+//! threshold: that commit, and every caller grouped into it, waits while
+//! thousands of pages are copied and the file is synced (about 30 ms per
+//! 10,000 pages here, BENCHMARKS.md). Instead, the writer only counts the
+//! WAL's frames after each commit and wakes this thread every
+//! [`step`](Checkpointer::step) new frames; it runs passive checkpoints,
+//! which never block the writer.
+//!
+//! A passive checkpoint copies the frames committed when it started, and the
+//! WAL starts over only once every frame is copied, which under steady
+//! writes never happens between two commits. So once the WAL holds
+//! `checkpoint_pages` frames, the checkpointer asks the writer to *seal*:
+//! between two of its transactions the writer copies the few frames
+//! committed since the last pass, and its next commit starts the WAL over.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use rusqlite::Connection;
+use rusqlite::hooks::Wal;
+
+thread_local! {
+    /// Frames in the WAL after the last commit on this thread, as SQLite's
+    /// WAL hook reports them (the hook takes a plain function, so the count
+    /// lives here; only the writer thread installs it).
+    static WAL_FRAMES: Cell<i64> = const { Cell::new(0) };
+}
+
+fn note_frames(_: &Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_FRAMES.with(|f| f.set(i64::from(frames)));
+    Ok(())
+}
+
+/// The writer's side of the checkpointer.
+#[derive(Debug)]
+pub(crate) struct Checkpointer {
+    shared: Arc<Shared>,
+    /// New frames that wake the checkpointer.
+    step: i64,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// Frames the last checkpoint (either thread's) found copied.
+    copied: AtomicI64,
+    /// Set by the checkpointer, cleared by the writer once it sealed.
+    seal: AtomicBool,
+    /// `Some(frames)` to copy; `None` once the writer is gone.
+    wake: Mutex<Wake>,
+    signal: Condvar,
+}
+
+#[derive(Debug, PartialEq)]
+enum Wake {
+    Idle,
+    Frames(i64),
+    Stop,
+}
+
+impl Checkpointer {
+    /// Takes over checkpoints for the writer connection `writer` (whose own
+    /// auto-checkpoint is turned off) with `conn`, a second connection to
+    /// the same file, on a thread of its own.
+    pub(crate) fn spawn(
+        writer: &Connection,
+        conn: Connection,
+        pages: u32,
+    ) -> std::io::Result<Self> {
+        // Replaces SQLite's auto-checkpoint hook, turning it off.
+        writer.wal_hook(Some(note_frames));
+        let pages = i64::from(pages.max(1));
+        let shared = Arc::new(Shared {
+            copied: AtomicI64::new(0),
+            seal: AtomicBool::new(false),
+            wake: Mutex::new(Wake::Idle),
+            signal: Condvar::new(),
+        });
+        let thread = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("presence-sqlite-checkpointer".into())
+            .spawn(move || run(&conn, &thread, pages))?;
+        Ok(Self {
+            shared,
+            step: (pages / 10).max(1),
+            thread: Some(thread),
+        })
+    }
+
+    /// Called by the writer, on its thread, after each commit.
+    pub(crate) fn committed(&self, writer: &Connection) {
+        let shared = &*self.shared;
+        if shared.seal.load(Ordering::Acquire) {
+            // Nothing else checkpoints now: the checkpointer waits for the
+            // seal, and no commit can come in between.
+            if let Some(copied) = passive_checkpoint(writer) {
+                shared.copied.store(copied, Ordering::Release);
+            }
+            shared.seal.store(false, Ordering::Release);
+        }
+        let frames = WAL_FRAMES.with(Cell::get);
+        let copied = shared.copied.load(Ordering::Acquire);
+        // Fewer frames than were copied: the WAL started over.
+        let new = if frames >= copied {
+            frames - copied
+        } else {
+            frames
+        };
+        if new >= self.step {
+            let mut wake = shared.wake.lock().unwrap_or_else(|e| e.into_inner());
+            if *wake != Wake::Stop {
+                *wake = Wake::Frames(frames);
+                shared.signal.notify_one();
+            }
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        *self.shared.wake.lock().unwrap_or_else(|e| e.into_inner()) = Wake::Stop;
+        self.shared.signal.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Runs a passive checkpoint; returns the frames it found copied, or
+/// `None` if it could not run (another process's checkpoint was running).
+fn passive_checkpoint(conn: &Connection) -> Option<i64> {
+    let (busy, copied) = conn
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(2)?))
+        })
+        .ok()?;
+    (busy == 0 && copied >= 0).then_some(copied)
+}
+
+fn run(conn: &Connection, shared: &Shared, pages: i64) {
+    loop {
+        let frames = {
+            let mut wake = shared.wake.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                match std::mem::replace(&mut *wake, Wake::Idle) {
+                    Wake::Stop => return,
+                    Wake::Frames(frames) => break frames,
+                    Wake::Idle => {
+                        wake = shared.signal.wait(wake).unwrap_or_else(|e| e.into_inner());
+                    }
+                }
+            }
+        };
+        if shared.seal.load(Ordering::Acquire) {
+            continue;
+        }
+        // Copies every frame committed by now (at least `frames`); another
+        // process's checkpoint in progress makes it copy nothing.
+        let Some(copied) = passive_checkpoint(conn) else {
+            continue;
+        };
+        shared.copied.store(copied, Ordering::Release);
+        if frames >= pages {
+            shared.seal.store(true, Ordering::Release);
+        }
+    }
+}
