@@ -13,11 +13,11 @@ use presence_sqlite::{SqliteConfig, SqliteStore};
 use tokio::runtime::Runtime;
 
 fn open(rt: &Runtime, dir: &tempfile::TempDir, name: &str) -> Arc<SqliteStore> {
-    let path = dir.path().join(name);
-    Arc::new(
-        rt.block_on(SqliteStore::open(SqliteConfig::file(path)))
-            .unwrap(),
-    )
+    open_with(rt, SqliteConfig::file(dir.path().join(name)))
+}
+
+fn open_with(rt: &Runtime, config: SqliteConfig) -> Arc<SqliteStore> {
+    Arc::new(rt.block_on(SqliteStore::open(config)).unwrap())
 }
 
 /// 64 tasks joining at once (group commit) against the same calls made one
@@ -28,13 +28,23 @@ fn joins(c: &mut Criterion) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let store = open(&rt, &dir, "joins.db");
+    // The same load with SQLite's own checkpoints, inside the commits.
+    let mut config = SqliteConfig::file(dir.path().join("joins-writer-checkpoints.db"));
+    config.background_checkpoints = false;
+    let writer_checkpoints = open_with(&rt, config);
     let next = AtomicUsize::new(0);
     let mut group = c.benchmark_group("sqlite/join_new_keys");
     group.throughput(Throughput::Elements(1));
-    for (id, tasks, topics) in [
-        ("1_tasks", 1usize, 1_000usize),
-        ("64_tasks", 64, 1_000),
-        ("64_tasks_one_topic", 64, 1),
+    for (id, tasks, topics, store) in [
+        ("1_tasks", 1usize, 1_000usize, &store),
+        ("64_tasks", 64, 1_000, &store),
+        ("64_tasks_one_topic", 64, 1, &store),
+        (
+            "64_tasks_checkpoints_in_writer",
+            64,
+            1_000,
+            &writer_checkpoints,
+        ),
     ] {
         group.bench_function(id, |b| {
             b.iter_custom(|iters| {

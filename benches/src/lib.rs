@@ -72,6 +72,15 @@ pub async fn join_concurrently(
     keys: Vec<PresenceKey>,
     tasks: usize,
 ) -> std::time::Duration {
+    join_concurrently_timed(store, keys, tasks).await.0
+}
+
+/// [`join_concurrently`], also returning how long each call took, sorted.
+pub async fn join_concurrently_timed(
+    store: std::sync::Arc<dyn PresenceStore>,
+    keys: Vec<PresenceKey>,
+    tasks: usize,
+) -> (std::time::Duration, Vec<std::time::Duration>) {
     let chunk = keys.len().div_ceil(tasks.max(1)).max(1);
     let mut shares: Vec<Vec<PresenceKey>> = Vec::new();
     let mut keys = keys.into_iter().peekable();
@@ -83,13 +92,24 @@ pub async fn join_concurrently(
         .into_iter()
         .map(|share| {
             let store = store.clone();
-            tokio::spawn(async move { join_all(&*store, &share).await })
+            tokio::spawn(async move {
+                let mut took = Vec::with_capacity(share.len());
+                for key in &share {
+                    let call = std::time::Instant::now();
+                    store.join(key, Meta::new()).await.expect("bench join");
+                    took.push(call.elapsed());
+                }
+                took
+            })
         })
         .collect();
+    let mut calls = Vec::new();
     for handle in handles {
-        handle.await.expect("a joining task panicked");
+        calls.extend(handle.await.expect("a joining task panicked"));
     }
-    start.elapsed()
+    let elapsed = start.elapsed();
+    calls.sort_unstable();
+    (elapsed, calls)
 }
 
 /// `touch_many` of 1,000 present keys, a [`presence::Heartbeats`] flush of
