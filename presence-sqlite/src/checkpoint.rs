@@ -13,12 +13,12 @@
 //! A passive checkpoint copies the frames committed when it started, and the
 //! WAL starts over only once every frame is copied, which under steady
 //! writes never happens between two commits. So once the WAL holds
-//! `checkpoint_pages` frames, the checkpointer asks the writer to *seal*:
-//! between two of its transactions the writer copies the few frames
-//! committed since the last pass, and its next commit starts the WAL over.
+//! `checkpoint_pages` frames, the writer *seals* it: between two of its
+//! transactions it copies the few frames committed since the last pass
+//! itself, and its next commit starts the WAL over.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use rusqlite::Connection;
@@ -40,26 +40,32 @@ fn note_frames(_: &Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
 #[derive(Debug)]
 pub(crate) struct Checkpointer {
     shared: Arc<Shared>,
+    /// The WAL's length at which the writer seals it.
+    pages: i64,
     /// New frames that wake the checkpointer.
     step: i64,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// What the writer and the checkpointer share.
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     /// Frames the last checkpoint (either thread's) found copied.
     copied: AtomicI64,
-    /// Set by the checkpointer, cleared by the writer once it sealed.
+    /// Set by the writer while it seals: the checkpointer starts no pass.
     seal: AtomicBool,
-    /// `Some(frames)` to copy; `None` once the writer is gone.
+    /// Checkpoints the checkpointer ran, and the writer's seals.
+    passes: AtomicU64,
+    seals: AtomicU64,
     wake: Mutex<Wake>,
     signal: Condvar,
 }
 
+/// What the writer last asked of the checkpointer.
 #[derive(Debug, PartialEq)]
 enum Wake {
     Idle,
-    Frames(i64),
+    Copy,
     Stop,
 }
 
@@ -78,32 +84,44 @@ impl Checkpointer {
         let shared = Arc::new(Shared {
             copied: AtomicI64::new(0),
             seal: AtomicBool::new(false),
+            passes: AtomicU64::new(0),
+            seals: AtomicU64::new(0),
             wake: Mutex::new(Wake::Idle),
             signal: Condvar::new(),
         });
         let thread = shared.clone();
         let thread = std::thread::Builder::new()
             .name("presence-sqlite-checkpointer".into())
-            .spawn(move || run(&conn, &thread, pages))?;
+            .spawn(move || run(&conn, &thread))?;
         Ok(Self {
             shared,
+            pages,
             step: (pages / 10).max(1),
             thread: Some(thread),
         })
     }
 
+    /// What the writer's stats read: the checkpoints so far.
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
     /// Called by the writer, on its thread, after each commit.
     pub(crate) fn committed(&self, writer: &Connection) {
         let shared = &*self.shared;
-        if shared.seal.load(Ordering::Acquire) {
-            // Nothing else checkpoints now: the checkpointer waits for the
-            // seal, and no commit can come in between.
+        let frames = WAL_FRAMES.with(Cell::get);
+        if frames >= self.pages {
+            // No commit can come in between, and the checkpointer starts no
+            // pass while this is set; one it is running makes this one
+            // busy, and the next commit tries again.
+            shared.seal.store(true, Ordering::Release);
             if let Some(copied) = passive_checkpoint(writer) {
                 shared.copied.store(copied, Ordering::Release);
+                shared.seal.store(false, Ordering::Release);
+                shared.seals.fetch_add(1, Ordering::Relaxed);
             }
-            shared.seal.store(false, Ordering::Release);
+            return;
         }
-        let frames = WAL_FRAMES.with(Cell::get);
         let copied = shared.copied.load(Ordering::Acquire);
         // Fewer frames than were copied: the WAL started over.
         let new = if frames >= copied {
@@ -114,10 +132,21 @@ impl Checkpointer {
         if new >= self.step {
             let mut wake = shared.wake.lock().unwrap_or_else(|e| e.into_inner());
             if *wake != Wake::Stop {
-                *wake = Wake::Frames(frames);
+                *wake = Wake::Copy;
                 shared.signal.notify_one();
             }
         }
+    }
+}
+
+impl Shared {
+    /// Checkpoints run by the checkpointer thread, and by the writer when it
+    /// sealed the WAL.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (
+            self.passes.load(Ordering::Relaxed),
+            self.seals.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -142,31 +171,28 @@ fn passive_checkpoint(conn: &Connection) -> Option<i64> {
     (busy == 0 && copied >= 0).then_some(copied)
 }
 
-fn run(conn: &Connection, shared: &Shared, pages: i64) {
+fn run(conn: &Connection, shared: &Shared) {
     loop {
-        let frames = {
+        {
             let mut wake = shared.wake.lock().unwrap_or_else(|e| e.into_inner());
             loop {
                 match std::mem::replace(&mut *wake, Wake::Idle) {
                     Wake::Stop => return,
-                    Wake::Frames(frames) => break frames,
+                    Wake::Copy => break,
                     Wake::Idle => {
                         wake = shared.signal.wait(wake).unwrap_or_else(|e| e.into_inner());
                     }
                 }
             }
-        };
+        }
         if shared.seal.load(Ordering::Acquire) {
             continue;
         }
-        // Copies every frame committed by now (at least `frames`); another
-        // process's checkpoint in progress makes it copy nothing.
-        let Some(copied) = passive_checkpoint(conn) else {
-            continue;
-        };
-        shared.copied.store(copied, Ordering::Release);
-        if frames >= pages {
-            shared.seal.store(true, Ordering::Release);
+        // Copies every frame committed by now; another process's checkpoint
+        // in progress makes it copy nothing.
+        if let Some(copied) = passive_checkpoint(conn) {
+            shared.copied.store(copied, Ordering::Release);
+            shared.passes.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -108,7 +108,7 @@ impl SqliteStore {
     }
 
     /// What the writer has done so far: how many calls it ran in how many
-    /// commits.
+    /// commits, and the checkpoints run beside it.
     pub fn writer_stats(&self) -> WriterStats {
         self.inner.writer.stats()
     }

@@ -8,7 +8,7 @@ use presence_core::{Error, Event, Result, TopicBroadcast};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::checkpoint::Checkpointer;
+use crate::checkpoint::{self, Checkpointer};
 use crate::error::SqliteError;
 use crate::sql::Sql;
 
@@ -76,6 +76,13 @@ pub struct WriterStats {
     /// Transactions it committed; with group commit, fewer than `calls`
     /// whenever calls arrive together.
     pub commits: u64,
+    /// Checkpoints run beside the writer, on the checkpointer's thread
+    /// (0 without `background_checkpoints`).
+    pub background_checkpoints: u64,
+    /// Checkpoints the writer ran itself between two transactions to let
+    /// the WAL start over once it held `checkpoint_pages` pages (0 without
+    /// `background_checkpoints`: SQLite's own are not counted).
+    pub seals: u64,
 }
 
 #[derive(Debug, Default)]
@@ -90,6 +97,7 @@ pub(crate) struct Writer {
     /// `None` only while dropping.
     jobs: Option<mpsc::Sender<Box<dyn Job>>>,
     counters: Arc<Counters>,
+    checkpoints: Option<Arc<checkpoint::Shared>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -105,30 +113,39 @@ impl Writer {
         let (jobs, receiver) = mpsc::channel(max_group.max(1) * 4);
         let counters = Arc::new(Counters::default());
         let thread_counters = counters.clone();
+        let checkpoints = checkpointer.as_ref().map(Checkpointer::shared);
         let thread = std::thread::Builder::new()
             .name("presence-sqlite-writer".into())
             .spawn(move || {
                 let group = max_group.max(1);
-                let loop_state = Loop {
+                write_loop(
                     conn,
-                    sql: &sql,
-                    channels: &channels,
-                    counters: &thread_counters,
+                    &sql,
+                    &channels,
+                    &thread_counters,
                     checkpointer,
-                };
-                loop_state.run(receiver, group);
+                    receiver,
+                    group,
+                );
             })?;
         Ok(Self {
             jobs: Some(jobs),
             counters,
+            checkpoints,
             thread: Some(thread),
         })
     }
 
     pub(crate) fn stats(&self) -> WriterStats {
+        let (background_checkpoints, seals) = self
+            .checkpoints
+            .as_ref()
+            .map_or((0, 0), |shared| shared.counts());
         WriterStats {
             calls: self.counters.calls.load(Ordering::Relaxed),
             commits: self.counters.commits.load(Ordering::Relaxed),
+            background_checkpoints,
+            seals,
         }
     }
 
@@ -166,33 +183,30 @@ impl Drop for Writer {
     }
 }
 
-/// The writer thread's state.
-struct Loop<'a> {
+fn write_loop(
     conn: Connection,
-    sql: &'a Sql,
-    channels: &'a Mutex<TopicBroadcast>,
-    counters: &'a Counters,
+    sql: &Sql,
+    channels: &Mutex<TopicBroadcast>,
+    counters: &Counters,
     checkpointer: Option<Checkpointer>,
-}
-
-impl Loop<'_> {
-    fn run(self, mut receiver: mpsc::Receiver<Box<dyn Job>>, max_group: usize) {
-        while let Some(first) = receiver.blocking_recv() {
-            let mut group = vec![first];
-            while group.len() < max_group {
-                match receiver.try_recv() {
-                    Ok(job) => group.push(job),
-                    Err(_) => break,
-                }
+    mut receiver: mpsc::Receiver<Box<dyn Job>>,
+    max_group: usize,
+) {
+    while let Some(first) = receiver.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < max_group {
+            match receiver.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
             }
-            self.counters
-                .calls
-                .fetch_add(group.len() as u64, Ordering::Relaxed);
-            if commit_group(&self.conn, self.sql, self.channels, group) {
-                self.counters.commits.fetch_add(1, Ordering::Relaxed);
-                if let Some(checkpointer) = &self.checkpointer {
-                    checkpointer.committed(&self.conn);
-                }
+        }
+        counters
+            .calls
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
+        if commit_group(&conn, sql, channels, group) {
+            counters.commits.fetch_add(1, Ordering::Relaxed);
+            if let Some(checkpointer) = &checkpointer {
+                checkpointer.committed(&conn);
             }
         }
     }
