@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::stream::{BoxStream, StreamExt};
 use presence_core::{
     ConnectionId, Counts, Entry, Event, EventStream, Member, MemberId, PresenceStore, Result, Topic,
@@ -358,7 +359,13 @@ impl Shared {
     }
 
     /// Re-reads the members, retrying with backoff until the store answers.
-    async fn refresh(&self) {
+    ///
+    /// Events already delivered are dropped first: each was sent once its
+    /// write committed, so the snapshot read after them holds it. Applied
+    /// after the snapshot instead, they would replay old changes, and the
+    /// list would show, for a moment, members who had already left.
+    async fn refresh(&self, events: &mut EventStream) {
+        while let Some(Some(_)) = events.next().now_or_never() {}
         let mut backoff = Duration::from_millis(50);
         let members = loop {
             match self.store.members(&self.topic).await {
@@ -397,7 +404,7 @@ async fn follow(
             event = events.next() => match event {
                 Some(Event::Resync) => {
                     shared.resyncs.fetch_add(1, Ordering::Relaxed);
-                    shared.refresh().await;
+                    shared.refresh(&mut events).await;
                 }
                 Some(event) => shared.apply(event),
                 None => return,
@@ -405,15 +412,73 @@ async fn follow(
             Some(command) = commands.recv() => match command {
                 Command::Resync => {
                     shared.resyncs.fetch_add(1, Ordering::Relaxed);
-                    shared.refresh().await;
+                    shared.refresh(&mut events).await;
                 }
                 Command::Settled(done) => {
                     let _ = done.send(());
                 }
             },
             _ = async { tick.as_mut().unwrap().tick().await }, if tick.is_some() => {
-                shared.refresh().await;
+                shared.refresh(&mut events).await;
             }
         }
+    }
+}
+
+#[cfg(all(test, feature = "memory"))]
+mod tests {
+    use super::*;
+    use presence_core::{Meta, PresenceKey};
+    use presence_memory::{MemoryConfig, MemoryStore};
+
+    fn key(member: &str) -> PresenceKey {
+        PresenceKey::new("room", member, "c").unwrap()
+    }
+
+    /// A re-read after lost events does not replay the events still
+    /// buffered, which the snapshot already holds: a member who came and
+    /// went while the list lagged never shows up in its updates.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_resync_does_not_replay_what_it_read() {
+        let store = Arc::new(MemoryStore::with_config(MemoryConfig {
+            event_buffer: 2,
+            ..MemoryConfig::default()
+        }));
+        let live = LiveMembers::start(store.clone(), "room".try_into().unwrap())
+            .await
+            .unwrap();
+        let mut updates = live.updates();
+        // On one thread the list's task cannot run before `settled`: the
+        // first two events are lost, the last two stay buffered.
+        for member in ["x1", "x2", "gone"] {
+            store.join(&key(member), Meta::new()).await.unwrap();
+        }
+        store.leave(&key("gone")).await.unwrap();
+        live.settled().await;
+
+        let mut seen = Vec::new();
+        while let Some(Some(update)) = updates.next().now_or_never() {
+            seen.push(update);
+        }
+        assert!(live.resyncs() > 0, "the events were meant to overflow");
+        let mentioned = |update: &LiveUpdate, who: &str| match update {
+            LiveUpdate::State { members, .. } => members.iter().any(|m| m.member.as_str() == who),
+            LiveUpdate::Diff(diff) => diff
+                .joins
+                .iter()
+                .chain(&diff.leaves)
+                .any(|m| m.member.as_str() == who),
+        };
+        assert!(
+            !seen.iter().any(|update| mentioned(update, "gone")),
+            "a member who had left was replayed: {seen:?}"
+        );
+        assert!(seen.iter().any(|update| mentioned(update, "x1")));
+        let members: Vec<String> = live
+            .members()
+            .iter()
+            .map(|m| m.member.to_string())
+            .collect();
+        assert_eq!(members, ["x1", "x2"]);
     }
 }
