@@ -13,11 +13,18 @@ use crate::error::{SqliteError, db};
 
 const COLUMNS: &str = "topic, member, connection, meta, joined_at, last_seen_at";
 
+/// What a removal returns: `COLUMNS`, then whether the member has no entry
+/// left in the topic. SQLite evaluates it as each row is deleted, so of a
+/// member's rows removed by one statement only the last may say so; a
+/// member is gone if any of its rows does.
+const REMOVED: &str = "topic, member, connection, meta, joined_at, last_seen_at, \
+    NOT EXISTS (SELECT 1 FROM {p}entries AS other \
+    WHERE other.topic = {p}entries.topic AND other.member = {p}entries.member)";
+
 /// The statements, rendered once for a table prefix.
 #[derive(Debug)]
 pub(crate) struct Sql {
     select_entry: String,
-    member_present: String,
     topic_members: String,
     insert_entry: String,
     refresh_entry: String,
@@ -37,8 +44,9 @@ impl Sql {
     pub(crate) fn new(prefix: &str) -> Self {
         let render = |template: &str| {
             template
-                .replace("{p}", prefix)
+                .replace("{removed}", REMOVED)
                 .replace("{columns}", COLUMNS)
+                .replace("{p}", prefix)
         };
         Self {
             // One row always: the entry's meta and joined_at (NULL when it
@@ -48,9 +56,6 @@ impl Sql {
                  EXISTS (SELECT 1 FROM {p}entries WHERE topic = ?1 AND member = ?2) \
                  FROM (SELECT 1) LEFT JOIN {p}entries AS e \
                  ON e.topic = ?1 AND e.member = ?2 AND e.connection = ?3",
-            ),
-            member_present: render(
-                "SELECT EXISTS (SELECT 1 FROM {p}entries WHERE topic = ?1 AND member = ?2)",
             ),
             topic_members: render("SELECT members FROM {p}topics WHERE topic = ?1"),
             insert_entry: render(
@@ -66,18 +71,18 @@ impl Sql {
             ),
             delete_entry: render(
                 "DELETE FROM {p}entries \
-                 WHERE topic = ?1 AND member = ?2 AND connection = ?3 RETURNING {columns}",
+                 WHERE topic = ?1 AND member = ?2 AND connection = ?3 RETURNING {removed}",
             ),
             delete_member: render(
-                "DELETE FROM {p}entries WHERE topic = ?1 AND member = ?2 RETURNING {columns}",
+                "DELETE FROM {p}entries WHERE topic = ?1 AND member = ?2 RETURNING {removed}",
             ),
             delete_connection: render(
-                "DELETE FROM {p}entries WHERE member = ?1 AND connection = ?2 RETURNING {columns}",
+                "DELETE FROM {p}entries WHERE member = ?1 AND connection = ?2 RETURNING {removed}",
             ),
             sweep_topic: render(
-                "DELETE FROM {p}entries WHERE topic = ?1 AND last_seen_at < ?2 RETURNING {columns}",
+                "DELETE FROM {p}entries WHERE topic = ?1 AND last_seen_at < ?2 RETURNING {removed}",
             ),
-            sweep_all: render("DELETE FROM {p}entries WHERE last_seen_at < ?1 RETURNING {columns}"),
+            sweep_all: render("DELETE FROM {p}entries WHERE last_seen_at < ?1 RETURNING {removed}"),
             select_topic: render("SELECT {columns} FROM {p}entries WHERE topic = ?1"),
             select_member: render(
                 "SELECT {columns} FROM {p}entries WHERE topic = ?1 AND member = ?2",
@@ -119,12 +124,6 @@ fn entries(conn: &Connection, sql: &str, params: impl Params) -> Result<Vec<Entr
         entries.push(read_entry(row)?);
     }
     Ok(entries)
-}
-
-fn member_present(conn: &Connection, sql: &Sql, topic: &Topic, member: &MemberId) -> Result<bool> {
-    conn.prepare_cached(&sql.member_present)
-        .and_then(|mut s| s.query_row(params![topic.as_str(), member.as_str()], |r| r.get(0)))
-        .map_err(db)
 }
 
 /// `join` and `join_limited`.
@@ -275,41 +274,36 @@ pub(crate) fn touch(
     Ok(absent)
 }
 
-/// Runs a `DELETE ... RETURNING COLUMNS` and turns what it removed into the
+/// Runs a `DELETE ... RETURNING REMOVED` and turns what it removed into the
 /// call's departures and events.
 fn remove(
     conn: &Connection,
-    sql: &Sql,
     delete: &str,
     params: impl Params,
     reason: Reason,
 ) -> Result<(Vec<Departure>, Vec<Event>)> {
-    let removed = entries(conn, delete, params)?;
-    if removed.is_empty() {
-        return Ok((Vec::new(), Vec::new()));
-    }
-    let mut members: Vec<(&Topic, &MemberId)> = removed
-        .iter()
-        .map(|e| (&e.key.topic, &e.key.member))
-        .collect();
-    members.sort_unstable();
-    members.dedup();
-    let mut gone: HashSet<(Topic, MemberId)> = HashSet::new();
-    for (topic, member) in members {
-        if !member_present(conn, sql, topic, member)? {
-            gone.insert((topic.clone(), member.clone()));
+    let mut statement = conn.prepare_cached(delete).map_err(db)?;
+    let mut rows = statement.query(params).map_err(db)?;
+    let mut departures = Vec::new();
+    let mut gone: Vec<(Topic, MemberId)> = Vec::new();
+    while let Some(row) = rows.next().map_err(db)? {
+        let entry = read_entry(row)?;
+        if row.get::<_, bool>(6).map_err(db)? {
+            gone.push((entry.key.topic.clone(), entry.key.member.clone()));
         }
-    }
-    let departures = removed
-        .into_iter()
-        .map(|entry| Departure {
+        departures.push(Departure {
             entry,
             reason,
             last_for_member: false,
-        })
-        .collect();
+        });
+    }
+    if departures.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    gone.sort_unstable();
     let departures = Departure::finish(departures, |topic, member| {
-        gone.contains(&(topic.clone(), member.clone()))
+        gone.binary_search_by(|(t, m)| (t, m).cmp(&(topic, member)))
+            .is_ok()
     });
     let events = departures
         .iter()
@@ -331,7 +325,7 @@ pub(crate) fn leave(
         key.member.as_str(),
         key.connection.as_str()
     ];
-    remove(conn, sql, &sql.delete_entry, params, Reason::Left)
+    remove(conn, &sql.delete_entry, params, Reason::Left)
 }
 
 /// `leave_member`.
@@ -342,7 +336,7 @@ pub(crate) fn leave_member(
     member: &MemberId,
 ) -> Result<(Vec<Departure>, Vec<Event>)> {
     let params = params![topic.as_str(), member.as_str()];
-    remove(conn, sql, &sql.delete_member, params, Reason::Left)
+    remove(conn, &sql.delete_member, params, Reason::Left)
 }
 
 /// `disconnect`.
@@ -353,13 +347,7 @@ pub(crate) fn disconnect(
     connection: &ConnectionId,
 ) -> Result<(Vec<Departure>, Vec<Event>)> {
     let params = params![member.as_str(), connection.as_str()];
-    remove(
-        conn,
-        sql,
-        &sql.delete_connection,
-        params,
-        Reason::Disconnected,
-    )
+    remove(conn, &sql.delete_connection, params, Reason::Disconnected)
 }
 
 /// `sweep` (one topic) or `sweep_all` (`None`).
@@ -373,18 +361,11 @@ pub(crate) fn sweep(
     match topic {
         Some(topic) => remove(
             conn,
-            sql,
             &sql.sweep_topic,
             params![topic.as_str(), older_than],
             Reason::Expired,
         ),
-        None => remove(
-            conn,
-            sql,
-            &sql.sweep_all,
-            params![older_than],
-            Reason::Expired,
-        ),
+        None => remove(conn, &sql.sweep_all, params![older_than], Reason::Expired),
     }
 }
 
