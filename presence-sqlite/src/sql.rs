@@ -115,15 +115,25 @@ fn read_entry(row: &Row<'_>) -> Result<Entry> {
     })
 }
 
-/// Every entry a `COLUMNS` query (or `RETURNING COLUMNS`) yields.
+/// Every entry a `COLUMNS` query yields.
 fn entries(conn: &Connection, sql: &str, params: impl Params) -> Result<Vec<Entry>> {
+    read_rows(conn, sql, params, read_entry)
+}
+
+/// Runs `sql` (a cached statement) and reads every row it yields.
+fn read_rows<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    mut read: impl FnMut(&Row<'_>) -> Result<T>,
+) -> Result<Vec<T>> {
     let mut statement = conn.prepare_cached(sql).map_err(db)?;
     let mut rows = statement.query(params).map_err(db)?;
-    let mut entries = Vec::new();
+    let mut read_all = Vec::new();
     while let Some(row) = rows.next().map_err(db)? {
-        entries.push(read_entry(row)?);
+        read_all.push(read(row)?);
     }
-    Ok(entries)
+    Ok(read_all)
 }
 
 /// `join` and `join_limited`.
@@ -282,21 +292,18 @@ fn remove(
     params: impl Params,
     reason: Reason,
 ) -> Result<(Vec<Departure>, Vec<Event>)> {
-    let mut statement = conn.prepare_cached(delete).map_err(db)?;
-    let mut rows = statement.query(params).map_err(db)?;
-    let mut departures = Vec::new();
     let mut gone: Vec<(Topic, MemberId)> = Vec::new();
-    while let Some(row) = rows.next().map_err(db)? {
+    let departures = read_rows(conn, delete, params, |row| {
         let entry = read_entry(row)?;
         if row.get::<_, bool>(6).map_err(db)? {
             gone.push((entry.key.topic.clone(), entry.key.member.clone()));
         }
-        departures.push(Departure {
+        Ok(Departure {
             entry,
             reason,
             last_for_member: false,
-        });
-    }
+        })
+    })?;
     if departures.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
@@ -412,12 +419,8 @@ pub(crate) fn count(conn: &Connection, sql: &Sql, topic: &Topic) -> Result<Count
 
 /// `topics_of`.
 pub(crate) fn topics_of(conn: &Connection, sql: &Sql, member: &MemberId) -> Result<Vec<Topic>> {
-    let mut statement = conn.prepare_cached(&sql.topics_of).map_err(db)?;
-    let mut rows = statement.query(params![member.as_str()]).map_err(db)?;
-    let mut topics = Vec::new();
-    while let Some(row) = rows.next().map_err(db)? {
+    read_rows(conn, &sql.topics_of, params![member.as_str()], |row| {
         let name: String = row.get(0).map_err(db)?;
-        topics.push(Topic::new(name).map_err(corrupt)?);
-    }
-    Ok(topics)
+        Topic::new(name).map_err(corrupt)
+    })
 }
