@@ -241,16 +241,17 @@ fn leave_events(departures: &[Departure]) -> Vec<Event> {
         .collect()
 }
 
+/// A connection from the pool; failing to get one is a backend error.
+async fn pooled(pool: &Pool) -> Result<deadpool_postgres::Object> {
+    pool.get().await.map_err(|e| Error::backend("postgres", e))
+}
+
 impl Db {
     /// Runs one statement on its own (no explicit transaction: one round
     /// trip). For calls that emit no events.
     async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
         retry_deadlocks(|| async {
-            let client = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| Error::backend("postgres", e))?;
+            let client = pooled(&self.pool).await?;
             let statement = client.prepare_cached(sql).await?;
             Ok(client.query(&statement, params).await?)
         })
@@ -275,11 +276,7 @@ impl Db {
         params: &[&(dyn ToSql + Sync)],
         outcome: &impl Fn(&[Row]) -> Result<(T, Vec<Event>)>,
     ) -> Result<T, Failed> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| Error::backend("postgres", e))?;
+        let client = pooled(&self.pool).await?;
         let statement = client.prepare_cached(sql).await?;
         let notify = client.prepare_cached(&self.sql.notify).await?;
         // Two round trips, not four: BEGIN goes out with the statement, and
@@ -478,10 +475,7 @@ impl PostgresStore {
     ) -> Result<Self> {
         let schema = config.checked_schema()?.to_owned();
         {
-            let mut client = pool
-                .get()
-                .await
-                .map_err(|e| Error::backend("postgres", e))?;
+            let mut client = pooled(&pool).await?;
             migrate(&mut client, &schema).await?;
         }
         let listener = Listener::start(listen, schema.clone(), config.event_buffer).await?;
