@@ -4,7 +4,7 @@
 //!
 //! SQLite's own auto-checkpoint runs inside the commit that crosses the
 //! threshold: that commit, and every caller grouped into it, waits while
-//! thousands of pages are copied and the file is synced (about 30 ms per
+//! thousands of pages are copied and the file is synced (30-50 ms per
 //! 10,000 pages here, BENCHMARKS.md). Instead, the writer only counts the
 //! WAL's frames after each commit and wakes this thread every
 //! [`step`](Checkpointer::step) new frames; it runs passive checkpoints,
