@@ -46,6 +46,7 @@ pub mod basics;
 pub mod concurrency;
 pub mod events;
 pub mod input;
+pub mod lifecycle;
 pub mod machine;
 mod model;
 pub mod processes;
@@ -55,7 +56,12 @@ pub use basics::*;
 pub use concurrency::*;
 pub use events::*;
 pub use input::*;
+pub use lifecycle::*;
 pub use machine::*;
+
+/// Re-exported for [`footprint_suite!`]'s counting allocator.
+#[doc(hidden)]
+pub use cap;
 
 /// What a property asks of the store it opens. Capability differences between
 /// backends are arguments here, never forks in the suite.
@@ -89,6 +95,18 @@ pub trait Backend: Send + Sync {
     /// (its own schema, file or map), configured by `setup`.
     async fn open(&self, setup: &Setup) -> Arc<dyn PresenceStore>;
 
+    /// A new store as [`open`](Self::open) makes it, with a [`Damage`] that
+    /// writes into the same storage behind the store's back; `None` (the
+    /// default) for a backend whose storage cannot hold rows the store
+    /// cannot decode (memory).
+    async fn open_damaged(
+        &self,
+        setup: &Setup,
+    ) -> Option<(Arc<dyn PresenceStore>, Box<dyn Damage>)> {
+        let _ = setup;
+        None
+    }
+
     /// Why this backend cannot run here (say, no database server), if so.
     /// The suite's tests then say so loudly and pass; a backend that must
     /// run (in CI) panics here instead.
@@ -106,6 +124,30 @@ pub fn run<F: Future<Output = ()>>(property: F) {
         .build()
         .expect("a tokio runtime")
         .block_on(property);
+}
+
+/// The memory properties, in a test binary of their own: it installs a
+/// counting global allocator (one per binary), so put it in its own test
+/// file, e.g. `tests/footprint.rs`: `conformance::footprint_suite!(MyBackend);`.
+#[macro_export]
+macro_rules! footprint_suite {
+    ($backend:expr) => {
+        #[global_allocator]
+        static ALLOCATED: $crate::cap::Cap<::std::alloc::System> =
+            $crate::cap::Cap::new(::std::alloc::System, usize::MAX);
+
+        #[test]
+        fn subscriptions_release_memory() {
+            let backend = $backend;
+            if let Some(why) = $crate::Backend::unavailable(&backend) {
+                eprintln!("SKIPPED subscriptions_release_memory: {why}");
+                return;
+            }
+            $crate::run($crate::subscriptions_release_memory(&backend, || {
+                ALLOCATED.allocated()
+            }));
+        }
+    };
 }
 
 /// Stamps out one `#[test]` per property of the suite for a backend.
@@ -144,6 +186,9 @@ macro_rules! suite {
             join_limited_is_exact_under_contention,
             concurrent_sweepers_report_each_entry_once,
             churn_keeps_member_transitions_alternating,
+            close_ends_streams_and_refuses_calls,
+            deepest_meta_reads_back,
+            undecodable_rows_never_stop_removals,
         );
     };
     (@properties $backend:expr; $($property:ident),* $(,)?) => {

@@ -27,6 +27,8 @@ enum Fault {
     CountsConnections,
     /// `touch` of an absent key creates it.
     TouchCreates,
+    /// `close` does nothing: the store keeps taking calls.
+    CloseIgnored,
 }
 
 #[derive(Debug)]
@@ -124,6 +126,15 @@ impl PresenceStore for Faulty {
     }
     fn clock(&self) -> Arc<dyn Clock> {
         self.inner.clock()
+    }
+    fn max_meta_bytes(&self) -> usize {
+        self.inner.max_meta_bytes()
+    }
+    async fn close(&self) -> Result<()> {
+        if self.fault == Fault::CloseIgnored {
+            return Ok(());
+        }
+        self.inner.close().await
     }
 }
 
@@ -251,5 +262,14 @@ fn a_touch_that_creates_is_caught() {
         Fault::TouchCreates,
         state_machine_matches_model,
         "difference from the model"
+    );
+}
+
+#[test]
+fn a_close_that_does_nothing_is_caught() {
+    caught!(
+        Fault::CloseIgnored,
+        close_ends_streams_and_refuses_calls,
+        "did not end after close"
     );
 }

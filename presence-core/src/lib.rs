@@ -5,14 +5,15 @@ mod broadcast;
 mod error;
 mod ids;
 mod meta;
+pub mod metrics;
 mod store;
 mod time;
 mod types;
 
 pub use broadcast::TopicBroadcast;
-pub use error::{Error, Result};
+pub use error::{Chain, Error, Result, SharedError, SharedSource};
 pub use ids::{ConnectionId, MAX_ID_BYTES, MemberId, PresenceKey, Topic};
-pub use meta::{DEFAULT_MAX_META_BYTES, Meta};
+pub use meta::{DEFAULT_MAX_META_BYTES, MAX_META_DEPTH, Meta};
 pub use store::{EventStream, MAX_BATCH_KEYS, PresenceStore, PresenceStoreExt, check_batch};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, system_clock};
 pub use types::{Connection, Counts, Departure, Entry, Event, Joined, Member, Reason};

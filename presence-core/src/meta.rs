@@ -6,14 +6,19 @@ use std::sync::{Arc, LazyLock};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use crate::{Error, Result};
+use crate::{Error, PresenceKey, Result};
 
 /// The default limit on a meta's serialized size, in bytes.
 pub const DEFAULT_MAX_META_BYTES: usize = 4096;
 
-/// Deeper nesting is refused; `serde_json` refuses it when parsing too, so
-/// anything that arrived as JSON text passes.
-const MAX_DEPTH: usize = 128;
+/// The deepest nesting of objects and arrays a meta may have, the meta
+/// object itself counted as level 1.
+///
+/// `serde_json` reads back at most 127 levels, and a meta travels inside
+/// envelopes (an event is three levels around it, a web diff six), so every
+/// meta a store accepts must read back whole wherever it goes: 64 leaves
+/// room for any envelope, and no presence meta needs more.
+pub const MAX_META_DEPTH: usize = 64;
 
 static EMPTY: LazyLock<Map<String, Value>> = LazyLock::new(Map::new);
 
@@ -66,7 +71,7 @@ impl Meta {
             return Ok(Self::new());
         }
         for (key, value) in &map {
-            check_no_nul(key, value, 1)?;
+            check_value(key, value, 2)?;
         }
         let json_len = serde_json::to_vec(&map)
             .map_err(|err| Error::invalid("meta", format!("cannot be serialized: {err}")))?
@@ -79,6 +84,19 @@ impl Meta {
         let value: Value = serde_json::from_str(text)
             .map_err(|err| Error::invalid("meta", format!("is not valid JSON: {err}")))?;
         Self::from_value(value)
+    }
+
+    /// Reads meta a store wrote itself, for rows read back from storage.
+    ///
+    /// A stored meta that cannot be read (hand-edited, written by a version
+    /// with looser rules, damaged) must not make its whole topic unreadable
+    /// or stop the removal of other entries: it reads as `{}`, with a
+    /// warning naming the entry (`docs/contract.md`).
+    pub fn from_stored_json(text: &str, key: &PresenceKey) -> Self {
+        Self::from_json(text).unwrap_or_else(|error| {
+            tracing::warn!(%key, %error, "stored meta cannot be read; it reads as {{}}");
+            Self::new()
+        })
     }
 
     /// The object's fields.
@@ -140,11 +158,13 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
-fn check_no_nul(key: &str, value: &Value, depth: usize) -> Result<()> {
-    if depth > MAX_DEPTH {
+/// Checks one value found at `key`, whose nesting level (were it an object or
+/// an array) would be `level`: no NUL, and not too deep.
+fn check_value(key: &str, value: &Value, level: usize) -> Result<()> {
+    if matches!(value, Value::Array(_) | Value::Object(_)) && level > MAX_META_DEPTH {
         return Err(Error::invalid(
             "meta",
-            format!("is nested deeper than {MAX_DEPTH} levels"),
+            format!("is nested deeper than {MAX_META_DEPTH} levels (at key {key:?})"),
         ));
     }
     if key.contains('\0') {
@@ -160,10 +180,10 @@ fn check_no_nul(key: &str, value: &Value, depth: usize) -> Result<()> {
         )),
         Value::Array(items) => items
             .iter()
-            .try_for_each(|item| check_no_nul(key, item, depth + 1)),
+            .try_for_each(|item| check_value(key, item, level + 1)),
         Value::Object(map) => map
             .iter()
-            .try_for_each(|(key, value)| check_no_nul(key, value, depth + 1)),
+            .try_for_each(|(key, value)| check_value(key, value, level + 1)),
         _ => Ok(()),
     }
 }
@@ -246,12 +266,68 @@ mod tests {
         assert!(err.to_string().contains("max_meta_bytes"));
     }
 
+    /// `levels` objects (or arrays) nested inside each other, the outer one
+    /// an object.
+    fn nested(levels: usize, arrays: bool) -> Value {
+        let mut value = json!(1);
+        for _ in 1..levels {
+            value = if arrays {
+                json!([value])
+            } else {
+                json!({ "x": value })
+            };
+        }
+        json!({ "x": value })
+    }
+
     #[test]
     fn meta_refuses_pathological_nesting() {
-        let mut value = json!(1);
-        for _ in 0..200 {
-            value = json!({ "x": value });
+        assert!(Meta::from_value(nested(1_000, false)).is_err());
+        for arrays in [false, true] {
+            assert!(Meta::from_value(nested(MAX_META_DEPTH, arrays)).is_ok());
+            let err = Meta::from_value(nested(MAX_META_DEPTH + 1, arrays)).unwrap_err();
+            assert_eq!(err.invalid_field(), Some("meta"));
+            assert!(err.to_string().contains("64 levels"), "{err}");
         }
-        assert!(Meta::from_value(value).is_err());
+    }
+
+    /// What a store accepts, every reader reads back: as stored text, and
+    /// inside the deepest envelope it travels in (a leave event).
+    #[test]
+    fn every_accepted_meta_reads_back_inside_an_event() {
+        use crate::{Departure, Entry, Event, PresenceKey, Reason, Timestamp};
+        for levels in 1..=200 {
+            let Ok(meta) = Meta::from_value(nested(levels, levels % 2 == 0)) else {
+                assert!(levels > MAX_META_DEPTH, "{levels} levels refused");
+                continue;
+            };
+            assert_eq!(Meta::from_json(&meta.to_json()).unwrap(), meta);
+            let event = Event::Leave {
+                departure: Departure {
+                    entry: Entry {
+                        key: PresenceKey::new("t", "m", "c").unwrap(),
+                        meta: meta.clone(),
+                        joined_at: Timestamp::EPOCH,
+                        last_seen_at: Timestamp::EPOCH,
+                    },
+                    reason: Reason::Expired,
+                    last_for_member: true,
+                },
+            };
+            let text = serde_json::to_string(&event).unwrap();
+            let back: Event = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, event, "{levels} levels");
+        }
+    }
+
+    #[test]
+    fn stored_meta_that_cannot_be_read_becomes_empty() {
+        let key = crate::PresenceKey::new("t", "m", "c").unwrap();
+        let deep = format!("{}1{}", "{\"x\":".repeat(130), "}".repeat(130));
+        for bad in ["{", "[1]", "null x", deep.as_str()] {
+            assert_eq!(Meta::from_stored_json(bad, &key), Meta::new(), "{bad}");
+        }
+        let good = Meta::from_value(json!({"a": [1, {"b": null}]})).unwrap();
+        assert_eq!(Meta::from_stored_json(&good.to_json(), &key), good);
     }
 }

@@ -56,6 +56,9 @@ pub type EventStream = BoxStream<'static, Event>;
 ///   `update` and for a re-join that changed meta, a `Leave` for every
 ///   removal. `touch` emits nothing. A subscriber that falls behind gets
 ///   [`Event::Resync`] instead of blocking writers.
+/// - **Shutdown.** [`close`](PresenceStore::close) finishes what was
+///   queued, ends the event streams and stops background work; afterwards
+///   every call fails with [`Error::Closed`].
 /// - **Concurrency.** Concurrent sweeps report every expired entry once;
 ///   concurrent joins of one key leave one entry and exactly one of them sees
 ///   `was_present = false`; `join_limited` is exact under concurrent joins.
@@ -116,11 +119,27 @@ pub trait PresenceStore: Send + Sync + Debug + 'static {
     /// The topics where the member has a connection, sorted.
     async fn topics_of(&self, member: &MemberId) -> Result<Vec<Topic>>;
 
-    /// The live events of a topic, from now on.
+    /// The live events of a topic, from now on. The stream ends when the
+    /// store is closed.
     async fn subscribe(&self, topic: &Topic) -> Result<EventStream>;
 
     /// The clock the store takes its timestamps from.
     fn clock(&self) -> Arc<dyn Clock>;
+
+    /// The largest meta this store accepts, serialized, in bytes.
+    fn max_meta_bytes(&self) -> usize;
+
+    /// Shuts the store down in order: waits for the calls already made
+    /// (writes queued in a batch or a group commit are committed and
+    /// answered), ends every event stream once it has delivered the events
+    /// committed before, stops the store's background tasks and threads and
+    /// waits for them, and releases its connections and files.
+    ///
+    /// Every call made after `close` returns, on this handle or any clone,
+    /// fails with [`Error::Closed`] and changes nothing. Closing again does
+    /// nothing. Dropping a store without closing it is safe too, but does
+    /// not wait.
+    async fn close(&self) -> Result<()>;
 }
 
 /// Conveniences every [`PresenceStore`] gets for free.

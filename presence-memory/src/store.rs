@@ -3,20 +3,27 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use presence_core::{
     Clock, ConnectionId, Counts, Departure, Entry, Error, Event, EventStream, Joined, Member,
     MemberId, Meta, PresenceKey, PresenceStore, Reason, Result, Timestamp, Topic, check_batch,
+    metrics,
 };
 
 use crate::MemoryConfig;
 use crate::index::MemberShard;
 use crate::topic::{TopicShard, Upserted, leave_events};
 
+/// The backend's name in errors, logs and metrics.
+const BACKEND: &str = "memory";
+
 /// The in-process store: every call completes under one short lock of the
-/// topic's shard, so unrelated topics never contend and no call awaits.
+/// topic's shard (a sweep takes each topic's in turn), so unrelated topics
+/// never contend and no call awaits.
 ///
 /// Cloning is cheap and clones share the same entries.
 #[derive(Clone)]
@@ -29,6 +36,9 @@ struct Inner {
     topics: Box<[Mutex<TopicShard>]>,
     members: Box<[Mutex<MemberShard>]>,
     shard_hasher: foldhash::fast::RandomState,
+    /// Set by `close`; read under a shard's lock, so a call either finishes
+    /// before `close` passes its shard or sees it closed.
+    closed: AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -53,6 +63,7 @@ impl MemoryStore {
                     .collect(),
                 members: (0..shards).map(|_| Mutex::default()).collect(),
                 shard_hasher: foldhash::fast::RandomState::default(),
+                closed: AtomicBool::new(false),
                 config,
             }),
         }
@@ -87,8 +98,13 @@ impl Inner {
         (self.shard_hasher.hash_one(name) % shards as u64) as usize
     }
 
-    fn topic_shard(&self, topic: &str) -> MutexGuard<'_, TopicShard> {
-        lock(&self.topics[self.shard_of(topic, self.topics.len())])
+    /// The shard of `topic`, locked; `Error::Closed` once the store is.
+    fn topic_shard(&self, topic: &str) -> Result<MutexGuard<'_, TopicShard>> {
+        let shard = lock(&self.topics[self.shard_of(topic, self.topics.len())]);
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed { backend: BACKEND });
+        }
+        Ok(shard)
     }
 
     fn member_shard(&self, member: &str) -> MutexGuard<'_, MemberShard> {
@@ -105,6 +121,7 @@ impl Inner {
                 .remove(&key.member, &key.topic);
         }
         if !departures.is_empty() {
+            metrics::departed(BACKEND, departures);
             shard.channels.send(topic, || leave_events(departures));
         }
     }
@@ -112,10 +129,11 @@ impl Inner {
     fn join(&self, key: &PresenceKey, meta: Meta, max_members: Option<u32>) -> Result<Joined> {
         meta.check_size(self.config.max_meta_bytes)?;
         let now = self.now();
-        let mut shard = self.topic_shard(&key.topic);
+        let mut shard = self.topic_shard(&key.topic)?;
         if let Some(max_members) = max_members
             && shard.is_full_for(&key.topic, &key.member, max_members)
         {
+            metrics::join_refused(BACKEND);
             return Err(Error::TopicFull {
                 topic: key.topic.clone(),
                 max_members,
@@ -133,11 +151,13 @@ impl Inner {
                         first_for_member,
                     }]
                 });
-                Ok(Joined {
+                let joined = Joined {
                     entry,
                     first_for_member,
                     was_present: false,
-                })
+                };
+                metrics::joined(BACKEND, &joined);
+                Ok(joined)
             }
             Upserted::Refreshed {
                 entry,
@@ -150,11 +170,13 @@ impl Inner {
                         }]
                     });
                 }
-                Ok(Joined {
+                let joined = Joined {
                     entry,
                     first_for_member: false,
                     was_present: true,
-                })
+                };
+                metrics::joined(BACKEND, &joined);
+                Ok(joined)
             }
         }
     }
@@ -166,11 +188,11 @@ impl Inner {
         member: &MemberId,
         reason: Reason,
         doomed: impl FnMut(&crate::topic::ConnState) -> bool,
-    ) -> Vec<Departure> {
-        let mut shard = self.topic_shard(topic);
+    ) -> Result<Vec<Departure>> {
+        let mut shard = self.topic_shard(topic)?;
         let departures = shard.remove_member_where(topic, member, reason, doomed);
         self.departed(&mut shard, topic, &departures);
-        departures
+        Ok(departures)
     }
 
     /// Sweeps one topic of a locked shard.
@@ -213,7 +235,7 @@ impl PresenceStore for MemoryStore {
     async fn update(&self, key: &PresenceKey, meta: Meta) -> Result<Option<Entry>> {
         meta.check_size(self.inner.config.max_meta_bytes)?;
         let now = self.inner.now();
-        let mut shard = self.inner.topic_shard(&key.topic);
+        let mut shard = self.inner.topic_shard(&key.topic)?;
         let Some(conn) = shard.refresh(key, Some(meta), now) else {
             return Ok(None);
         };
@@ -228,26 +250,30 @@ impl PresenceStore for MemoryStore {
 
     async fn touch(&self, key: &PresenceKey) -> Result<bool> {
         let now = self.inner.now();
-        Ok(self
+        let present = self
             .inner
-            .topic_shard(&key.topic)
+            .topic_shard(&key.topic)?
             .refresh(key, None, now)
-            .is_some())
+            .is_some();
+        metrics::touched(BACKEND, 1, usize::from(!present));
+        Ok(present)
     }
 
     async fn touch_many(&self, keys: &[PresenceKey]) -> Result<Vec<PresenceKey>> {
         check_batch(keys)?;
         let now = self.inner.now();
-        let mut absent: Vec<PresenceKey> = keys
-            .iter()
-            .filter(|key| {
-                self.inner
-                    .topic_shard(&key.topic)
-                    .refresh(key, None, now)
-                    .is_none()
-            })
-            .cloned()
-            .collect();
+        let mut absent = Vec::new();
+        for key in keys {
+            if self
+                .inner
+                .topic_shard(&key.topic)?
+                .refresh(key, None, now)
+                .is_none()
+            {
+                absent.push(key.clone());
+            }
+        }
+        metrics::touched(BACKEND, keys.len(), absent.len());
         if absent.len() > 1 {
             let mut seen = HashSet::with_capacity(absent.len());
             absent.retain(|key| seen.insert(key.clone()));
@@ -260,14 +286,13 @@ impl PresenceStore for MemoryStore {
             self.inner
                 .remove_member(&key.topic, &key.member, Reason::Left, |conn| {
                     conn.id == key.connection
-                });
+                })?;
         Ok(departures.pop())
     }
 
     async fn leave_member(&self, topic: &Topic, member: &MemberId) -> Result<Vec<Departure>> {
-        Ok(self
-            .inner
-            .remove_member(topic, member, Reason::Left, |_| true))
+        self.inner
+            .remove_member(topic, member, Reason::Left, |_| true)
     }
 
     async fn disconnect(
@@ -275,6 +300,9 @@ impl PresenceStore for MemoryStore {
         member: &MemberId,
         connection: &ConnectionId,
     ) -> Result<Vec<Departure>> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed { backend: BACKEND });
+        }
         // Read the index, then remove topic by topic: a join that lands after
         // the read is ordered after this disconnect.
         let topics = self.inner.member_shard(member).topics_of(member);
@@ -285,7 +313,7 @@ impl PresenceStore for MemoryStore {
                 member,
                 Reason::Disconnected,
                 |conn| conn.id == *connection,
-            ));
+            )?);
         }
         by_key(&mut departures);
         Ok(departures)
@@ -293,7 +321,7 @@ impl PresenceStore for MemoryStore {
 
     async fn members(&self, topic: &Topic) -> Result<Vec<Member>> {
         let mut members: Vec<Member> = {
-            let shard = self.inner.topic_shard(topic);
+            let shard = self.inner.topic_shard(topic)?;
             let Some(state) = shard.topics.get(topic.as_str()) else {
                 return Ok(Vec::new());
             };
@@ -308,7 +336,7 @@ impl PresenceStore for MemoryStore {
     }
 
     async fn member(&self, topic: &Topic, member: &MemberId) -> Result<Option<Member>> {
-        let shard = self.inner.topic_shard(topic);
+        let shard = self.inner.topic_shard(topic)?;
         Ok(shard
             .topics
             .get(topic.as_str())
@@ -317,39 +345,71 @@ impl PresenceStore for MemoryStore {
     }
 
     async fn count(&self, topic: &Topic) -> Result<Counts> {
-        Ok(self.inner.topic_shard(topic).counts(topic))
+        Ok(self.inner.topic_shard(topic)?.counts(topic))
     }
 
     async fn sweep(&self, topic: &Topic, older_than: Timestamp) -> Result<Vec<Departure>> {
-        let mut shard = self.inner.topic_shard(topic);
+        let mut shard = self.inner.topic_shard(topic)?;
         Ok(self
             .inner
             .sweep_locked(&mut shard, topic, older_than.as_millis()))
     }
 
+    /// Visits only the topics that may hold an expired entry, each under
+    /// its shard's lock alone, so a mass expiry never holds a shard for
+    /// longer than one topic takes.
     async fn sweep_all(&self, older_than: Timestamp) -> Result<Vec<Departure>> {
+        let started = Instant::now();
         let older_than = older_than.as_millis();
         let mut departures = Vec::new();
-        for shard in self.inner.topics.iter() {
-            let mut shard = lock(shard);
-            for topic in shard.due_for_sweep(older_than) {
+        for (i, shard) in self.inner.topics.iter().enumerate() {
+            let due = {
+                let shard = lock(shard);
+                if self.inner.closed.load(Ordering::Acquire) {
+                    return Err(Error::Closed { backend: BACKEND });
+                }
+                shard.due_for_sweep(older_than)
+            };
+            for topic in due {
+                let mut shard = lock(&self.inner.topics[i]);
                 departures.extend(self.inner.sweep_locked(&mut shard, &topic, older_than));
             }
         }
         by_key(&mut departures);
+        let took = started.elapsed();
+        metrics::sweep(BACKEND, took);
+        tracing::debug!(removed = departures.len(), ?took, "memory sweep_all");
         Ok(departures)
     }
 
     async fn topics_of(&self, member: &MemberId) -> Result<Vec<Topic>> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed { backend: BACKEND });
+        }
         Ok(self.inner.member_shard(member).topics_of(member))
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<EventStream> {
-        Ok(self.inner.topic_shard(topic).channels.subscribe(topic))
+        Ok(self.inner.topic_shard(topic)?.channels.subscribe(topic))
     }
 
     fn clock(&self) -> Arc<dyn Clock> {
         self.inner.config.clock.clone()
+    }
+
+    fn max_meta_bytes(&self) -> usize {
+        self.inner.config.max_meta_bytes
+    }
+
+    /// Marks the store closed, then takes each shard's lock in turn, so
+    /// every call still inside one finishes first, and ends the shard's
+    /// event streams. The entries are dropped with the last handle.
+    async fn close(&self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::Release);
+        for shard in self.inner.topics.iter() {
+            lock(shard).channels.close();
+        }
+        Ok(())
     }
 }
 

@@ -84,7 +84,7 @@ impl TopicShard {
         Self {
             topics: Map::default(),
             expiry: BTreeSet::new(),
-            channels: TopicBroadcast::new(event_buffer),
+            channels: TopicBroadcast::new("memory", event_buffer),
         }
     }
 

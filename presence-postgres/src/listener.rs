@@ -54,7 +54,7 @@ impl Listener {
         event_buffer: usize,
     ) -> Result<Self> {
         let state = Arc::new(Mutex::new(State {
-            channels: TopicBroadcast::new(event_buffer),
+            channels: TopicBroadcast::new("postgres", event_buffer),
             pending: HashMap::new(),
             next_token: 0,
         }));
@@ -96,6 +96,12 @@ impl Listener {
         state.next_token += 1;
         state.pending.insert(token, (topic.clone(), sender));
         (format!("sync:{token}"), receiver)
+    }
+
+    /// Ends every subscriber's stream and stops listening.
+    pub(crate) fn close(&self) {
+        self.lock().channels.close();
+        self.task.abort();
     }
 
     /// Whether the listening connection is up now.

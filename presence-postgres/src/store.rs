@@ -44,6 +44,7 @@ struct Inner {
     joins: Batcher<JoinRequest, JoinAnswer>,
     touches: Batcher<PresenceKey, bool>,
     leaves: Batcher<PresenceKey, Option<Departure>>,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// The pool and the statements: what calls and batches run on.
@@ -529,6 +530,7 @@ impl PostgresStore {
                 joins,
                 touches,
                 leaves,
+                closed: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -761,5 +763,15 @@ impl PresenceStore for PostgresStore {
 
     fn clock(&self) -> Arc<dyn Clock> {
         self.inner.config.clock.clone()
+    }
+
+    fn max_meta_bytes(&self) -> usize {
+        self.inner.config.max_meta_bytes
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.listener.close();
+        Ok(())
     }
 }

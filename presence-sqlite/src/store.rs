@@ -37,6 +37,7 @@ struct Inner {
     writer: Writer,
     readers: Readers,
     channels: Arc<Mutex<TopicBroadcast>>,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 enum Readers {
@@ -82,7 +83,10 @@ impl SqliteStore {
         .map_err(|e| SqliteError::Pool(e.to_string()))??;
 
         let sql = Arc::new(Sql::new(config.checked_prefix()?));
-        let channels = Arc::new(Mutex::new(TopicBroadcast::new(config.event_buffer)));
+        let channels = Arc::new(Mutex::new(TopicBroadcast::new(
+            "sqlite",
+            config.event_buffer,
+        )));
         let writer = Writer::spawn(
             conn,
             sql.clone(),
@@ -103,6 +107,7 @@ impl SqliteStore {
                 writer,
                 readers,
                 channels,
+                closed: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -118,12 +123,20 @@ impl SqliteStore {
         &self.inner.config
     }
 
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(presence_core::Error::Closed { backend: "sqlite" });
+        }
+        Ok(())
+    }
+
     async fn write<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Connection, &Sql, i64) -> Result<(T, Vec<presence_core::Event>)>
         + Send
         + 'static,
     ) -> Result<T> {
+        self.check_open()?;
         // The time is read when the writer runs the call, so timestamps
         // follow commit order.
         let clock = self.inner.config.clock.clone();
@@ -137,6 +150,7 @@ impl SqliteStore {
         &self,
         query: impl FnOnce(&Connection, &Sql) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.check_open()?;
         match &self.inner.readers {
             Readers::Writer => {
                 self.inner
@@ -307,7 +321,8 @@ impl PresenceStore for SqliteStore {
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<EventStream> {
-        let mut channels = self
+        self.check_open()?;
+        let channels = self
             .inner
             .channels
             .lock()
@@ -317,5 +332,21 @@ impl PresenceStore for SqliteStore {
 
     fn clock(&self) -> Arc<dyn Clock> {
         self.inner.config.clock.clone()
+    }
+
+    fn max_meta_bytes(&self) -> usize {
+        self.inner.config.max_meta_bytes
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.inner
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .close();
+        Ok(())
     }
 }

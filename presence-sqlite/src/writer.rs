@@ -251,7 +251,7 @@ fn commit_group(
         abort(conn, staged, jobs, &error);
         return false;
     }
-    let mut channels = channels.lock().unwrap_or_else(|e| e.into_inner());
+    let channels = channels.lock().unwrap_or_else(|e| e.into_inner());
     for done in staged {
         channels.send_all(done.events);
         (done.finish)(None);

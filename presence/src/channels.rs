@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
 use presence_core::{
-    Counts, Departure, Error, Joined, Member, MemberId, Meta, PresenceKey, PresenceStore, Result,
-    Timestamp, Topic, serde_json::Value,
+    Counts, Departure, Entry, Error, Joined, Member, MemberId, Meta, PresenceKey, PresenceStore,
+    Result, Timestamp, Topic, serde_json::Value,
 };
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -286,7 +286,29 @@ impl<K: std::hash::Hash + Eq, V> Pruned<K, V> {
     }
 }
 
+impl Route {
+    /// The same registration with empty caches.
+    fn fresh_copy(&self) -> Route {
+        Route {
+            prefix: self.prefix.clone(),
+            resolve: self.resolve.clone(),
+            enrich: self
+                .enrich
+                .as_ref()
+                .map(|enrichment| Enrichment::new(enrichment.enrich.clone())),
+        }
+    }
+}
+
 impl Enrichment {
+    fn new(enrich: Enricher) -> Self {
+        Self {
+            enrich,
+            records: Mutex::default(),
+            turns: Mutex::default(),
+        }
+    }
+
     fn turn(&self, topic: &Topic) -> Arc<tokio::sync::Mutex<()>> {
         let mut turns = self.turns.lock().unwrap();
         turns.prune(|_, turn| Arc::strong_count(turn) > 1);
@@ -309,15 +331,35 @@ impl Channels {
         }
     }
 
+    /// The configuration to change. A `Channels` already shared (cloned,
+    /// or held by a subscription) is not changed under its other holders:
+    /// this handle becomes a new, independent `Channels` with the same
+    /// registrations and empty caches.
     fn inner_mut(&mut self) -> &mut Inner {
-        Arc::get_mut(&mut self.inner).expect("channels are configured before they are shared")
+        if Arc::get_mut(&mut self.inner).is_none() {
+            let routes = self
+                .inner
+                .routes
+                .iter()
+                .map(|route| Arc::new(route.fresh_copy()))
+                .collect();
+            self.inner = Arc::new(Inner {
+                store: self.inner.store.clone(),
+                routes,
+                cache_for: self.inner.cache_for,
+                configs: Mutex::default(),
+                rooms: Mutex::default(),
+                entered: Mutex::default(),
+            });
+        }
+        Arc::get_mut(&mut self.inner).expect("just made unique")
     }
 
-    /// Registers the resolver for topics starting with `prefix`.
+    /// Registers the resolver for topics starting with `prefix` (replacing
+    /// an earlier one for the same prefix, and its enricher).
     ///
-    /// # Panics
-    ///
-    /// If called after the `Channels` was cloned (configure first, then share).
+    /// Configure first, then share: configuring a clone turns it into a
+    /// separate `Channels` (see [`Channels`]).
     pub fn channel<F, Fut>(mut self, prefix: impl Into<String>, resolve: F) -> Self
     where
         F: Fn(Topic) -> Fut + Send + Sync + 'static,
@@ -343,29 +385,43 @@ impl Channels {
     /// described within [`cache_for`](Self::cache_for), never once per
     /// member or per viewer.
     ///
-    /// # Panics
+    /// # Errors
     ///
-    /// If no channel is registered with exactly `prefix`, or if called
-    /// after the `Channels` was cloned.
-    pub fn enrich<F, Fut>(mut self, prefix: &str, enrich: F) -> Self
+    /// [`Error::InvalidInput`] naming `prefix` when no channel is registered
+    /// with exactly that prefix (register the channel first).
+    pub fn enrich<F, Fut>(mut self, prefix: &str, enrich: F) -> Result<Self>
     where
         F: Fn(Vec<MemberId>) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<HashMap<MemberId, Value>>> + Send + 'static,
     {
+        if !self.inner.routes.iter().any(|route| route.prefix == prefix) {
+            let known: Vec<&str> = self
+                .inner
+                .routes
+                .iter()
+                .map(|r| r.prefix.as_str())
+                .collect();
+            return Err(Error::invalid(
+                "prefix",
+                format!(
+                    "no channel is registered with prefix {prefix:?} (registered: {known:?}); \
+                     call `channel` first"
+                ),
+            ));
+        }
         let enrich: Enricher = Arc::new(move |ids| Box::pin(enrich(ids)));
         let route = self
             .inner_mut()
             .routes
             .iter_mut()
             .find(|route| route.prefix == prefix)
-            .unwrap_or_else(|| panic!("no channel registered with prefix {prefix:?}"));
-        let route = Arc::get_mut(route).expect("routes are not shared while configuring");
-        route.enrich = Some(Enrichment {
-            enrich,
-            records: Mutex::default(),
-            turns: Mutex::default(),
+            .expect("checked above");
+        *route = Arc::new(Route {
+            prefix: route.prefix.clone(),
+            resolve: route.resolve.clone(),
+            enrich: Some(Enrichment::new(enrich)),
         });
-        self
+        Ok(self)
     }
 
     /// Caches resolved configs and enriched records for `period` instead.
@@ -417,6 +473,24 @@ impl Channels {
         };
         self.entered(&topic, config.ttl);
         Ok(tracked)
+    }
+
+    /// Replaces the meta of `viewer`'s own connection `key` (typing, away),
+    /// if the viewer may see and enter the channel; `None` (nothing created)
+    /// when the connection is not present.
+    ///
+    /// # Errors
+    ///
+    /// As [`join`](Self::join): [`Error::NotFound`], [`Error::Forbidden`];
+    /// each changes nothing.
+    pub async fn update(
+        &self,
+        viewer: &MemberId,
+        key: &PresenceKey,
+        meta: Meta,
+    ) -> Result<Option<Entry>> {
+        self.may_enter(viewer, key).await?;
+        self.inner.store.update(key, meta).await
     }
 
     /// Removes `viewer`'s own connection `key`. Leaving is always allowed

@@ -361,6 +361,7 @@ async fn enrichment_runs_once_per_change(backend: &dyn Backend) {
                         .collect::<HashMap<_, _>>())
                 }
             })
+            .unwrap()
     };
     let calls = || batches.lock().unwrap().len();
     let room = topic("/chat/1");
@@ -530,6 +531,7 @@ async fn failed_enrichment_is_retried_with_the_whole_list(backend: &dyn Backend)
                         .collect::<HashMap<_, _>>())
                 }
             })
+            .unwrap()
     };
     let room = topic("/chat/2");
     let mut updates = channels.subscribe(&member("viewer"), &room).await.unwrap();
@@ -570,6 +572,7 @@ async fn topics_enrich_side_by_side(backend: &dyn Backend) {
                         .collect::<HashMap<_, _>>())
                 }
             })
+            .unwrap()
     };
     for doc in ["/doc/a", "/doc/b"] {
         let key = key(doc, "alice", "tab");

@@ -185,6 +185,12 @@ impl PresenceStore for Counted {
     fn clock(&self) -> Arc<dyn Clock> {
         self.inner.clock()
     }
+    fn max_meta_bytes(&self) -> usize {
+        self.inner.max_meta_bytes()
+    }
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
 }
 
 /// Waits (up to 10 s) until `check` holds, polling; panics with `what`
