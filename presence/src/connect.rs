@@ -104,7 +104,7 @@ fn feature_off(url: &StoreUrl) -> Error {
     Error::invalid(
         "url",
         format!(
-            "the {feature} backend is not compiled in: enable the `{feature}` feature of the `presence` crate"
+            "the {feature} backend is not compiled in: enable the `{feature}` feature of the `presence-kit` crate"
         ),
     )
 }
