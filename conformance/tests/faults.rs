@@ -130,6 +130,9 @@ impl PresenceStore for Faulty {
     fn max_meta_bytes(&self) -> usize {
         self.inner.max_meta_bytes()
     }
+    fn events_are_complete(&self) -> bool {
+        self.inner.events_are_complete()
+    }
     async fn close(&self) -> Result<()> {
         if self.fault == Fault::CloseIgnored {
             return Ok(());

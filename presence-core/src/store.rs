@@ -129,6 +129,13 @@ pub trait PresenceStore: Send + Sync + Debug + 'static {
     /// The largest meta this store accepts, serialized, in bytes.
     fn max_meta_bytes(&self) -> usize;
 
+    /// Whether [`subscribe`](Self::subscribe) sees every change of the
+    /// store's data, whoever makes it. `false` where other processes may
+    /// write the same data and keep their events to themselves (a SQLite
+    /// file): helpers that follow a topic (`LiveMembers`, channel rooms)
+    /// then also re-read it on an interval.
+    fn events_are_complete(&self) -> bool;
+
     /// Shuts the store down in order: waits for the calls already made
     /// (writes queued in a batch or a group commit are committed and
     /// answered), ends every event stream once it has delivered the events

@@ -401,6 +401,11 @@ impl PresenceStore for MemoryStore {
         self.inner.config.max_meta_bytes
     }
 
+    fn events_are_complete(&self) -> bool {
+        // Only this process can write it.
+        true
+    }
+
     /// Marks the store closed, then takes each shard's lock in turn, so
     /// every call still inside one finishes first, and ends the shard's
     /// event streams. The entries are dropped with the last handle.

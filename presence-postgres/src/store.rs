@@ -769,6 +769,11 @@ impl PresenceStore for PostgresStore {
         self.inner.config.max_meta_bytes
     }
 
+    fn events_are_complete(&self) -> bool {
+        // Every process's changes arrive through LISTEN/NOTIFY.
+        true
+    }
+
     async fn close(&self) -> Result<()> {
         self.inner.closed.store(true, Ordering::Release);
         self.inner.listener.close();

@@ -338,6 +338,11 @@ impl PresenceStore for SqliteStore {
         self.inner.config.max_meta_bytes
     }
 
+    fn events_are_complete(&self) -> bool {
+        // Other processes may write a file; their events stay with them.
+        matches!(self.inner.config.location, Location::Memory)
+    }
+
     async fn close(&self) -> Result<()> {
         self.inner
             .closed

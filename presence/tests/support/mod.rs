@@ -188,6 +188,9 @@ impl PresenceStore for Counted {
     fn max_meta_bytes(&self) -> usize {
         self.inner.max_meta_bytes()
     }
+    fn events_are_complete(&self) -> bool {
+        self.inner.events_are_complete()
+    }
     async fn close(&self) -> Result<()> {
         self.inner.close().await
     }
