@@ -80,7 +80,7 @@ impl SqliteConfig {
             event_buffer: 1024,
             read_connections: 4,
             max_group: 1024,
-            sweep_piece_rows: 512,
+            sweep_piece_rows: 256,
             checkpoint_pages: 10_000,
             background_checkpoints: true,
         }

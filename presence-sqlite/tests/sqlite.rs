@@ -89,7 +89,13 @@ async fn a_failing_call_fails_only_its_caller() {
     let room = Topic::new("room").unwrap();
     let mut events = store.subscribe(&room).await.unwrap();
     let before = store.writer_stats();
-    let topic = |i: usize| if i.is_multiple_of(4) { "poison" } else { "room" };
+    let topic = |i: usize| {
+        if i.is_multiple_of(4) {
+            "poison"
+        } else {
+            "room"
+        }
+    };
     for (i, result) in joins_at_once(&store, 64, topic).await {
         if i.is_multiple_of(4) {
             assert!(backend_message(result.unwrap_err()).contains("poisoned topic"));
