@@ -11,8 +11,8 @@ use std::time::Duration;
 use conformance::support::{key, member, topic};
 use futures::StreamExt;
 use presence::{
-    ChannelConfig, Channels, Error, Heartbeats, LiveMembers, Meta, PresenceStore, Sweeper,
-    Tracker, TrackerConfig,
+    ChannelConfig, Channels, Error, Heartbeats, LiveMembers, Meta, PresenceStore, Sweeper, Tracker,
+    TrackerConfig,
 };
 use support::{Backend, Setup};
 
@@ -71,7 +71,13 @@ async fn tracker_close_waits_for_every_leave(backend: &dyn Backend) {
         Err(Error::Closed { .. }) => {}
         other => panic!("a closed tracker tracked: {other:?}"),
     }
-    assert!(store.member(&room, &member("late")).await.unwrap().is_none());
+    assert!(
+        store
+            .member(&room, &member("late"))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 /// `close` stops the interval flushes and sends the pending heartbeats.
@@ -128,7 +134,9 @@ async fn sweeper_close_waits_for_its_sweep(backend: &dyn Backend) {
 async fn live_members_close_ends_its_updates(backend: &dyn Backend) {
     let store = backend.open(&Setup::default()).await;
     let room = topic("room");
-    let live = LiveMembers::start(store.clone(), room.clone()).await.unwrap();
+    let live = LiveMembers::start(store.clone(), room.clone())
+        .await
+        .unwrap();
     let mut updates = live.updates();
     assert!(updates.next().await.is_some(), "the state comes first");
     live.close().await;
@@ -142,8 +150,8 @@ async fn live_members_close_ends_its_updates(backend: &dyn Backend) {
 /// refuses later calls; the store itself stays open.
 async fn channels_close_leaves_and_ends_streams(backend: &dyn Backend) {
     let store = backend.open(&Setup::default()).await;
-    let channels = Channels::new(store.clone())
-        .channel("/chat/", |_| async { Some(ChannelConfig::public()) });
+    let channels =
+        Channels::new(store.clone()).channel("/chat/", |_| async { Some(ChannelConfig::public()) });
     let alice = member("alice");
     let room = topic("/chat/1");
     let guard = channels
@@ -214,7 +222,10 @@ async fn bad_settings_are_refused_when_given() {
         .clone()
         .enrich("/doc/", |_| async { Ok(Default::default()) });
     assert_invalid(unknown, "prefix");
-    assert_invalid(channels.clone().refresh_every(Duration::ZERO), "refresh_every");
+    assert_invalid(
+        channels.clone().refresh_every(Duration::ZERO),
+        "refresh_every",
+    );
 
     // A resolver handing out a zero TTL fails the call that needs it,
     // naming the setting, instead of a heartbeat task spinning.
