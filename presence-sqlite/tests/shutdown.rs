@@ -30,19 +30,24 @@ async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-/// `close` commits and answers the calls racing it, then closes every
-/// connection, the write connection last: SQLite folds the WAL into the
-/// file and removes it, and the calls acknowledged are all in the file.
+/// `close` commits and answers the calls already made (here held up
+/// behind another connection's lock while `close` starts), then closes
+/// every connection, the write connection last: SQLite folds the WAL into
+/// the file and removes it, and the calls acknowledged are all in the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_answers_queued_calls_and_closes_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("closed.db");
     let wal = dir.path().join("closed.db-wal");
     let mut acknowledged = 0;
-    for round in 0..5 {
-        let store = Arc::new(SqliteStore::open(SqliteConfig::file(&path)).await.unwrap());
+    for round in 0..3 {
+        let mut config = SqliteConfig::file(&path);
+        config.busy_timeout = Duration::from_secs(60);
+        let store = Arc::new(SqliteStore::open(config).await.unwrap());
         // Reads start the readers' connections too.
         store.members(&Topic::new("room").unwrap()).await.unwrap();
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        raw.execute_batch("BEGIN IMMEDIATE").unwrap();
         let joins: Vec<_> = (0..64)
             .map(|i| {
                 let store = store.clone();
@@ -52,23 +57,39 @@ async fn close_answers_queued_calls_and_closes_the_file() {
                 })
             })
             .collect();
-        tokio::task::yield_now().await;
-        store.close().await.unwrap();
+        let taken = store.clone();
+        eventually("the writer takes some joins", move || {
+            taken.writer_stats().calls > 0
+        })
+        .await;
+        let closing = tokio::spawn({
+            let store = store.clone();
+            async move { store.close().await }
+        });
+        let taken = store.writer_stats().calls;
+        raw.execute_batch("COMMIT").unwrap();
+        drop(raw);
+        closing.await.unwrap().unwrap();
+        let mut answered = 0;
         for join in join_all(joins).await {
             match join.unwrap() {
-                Ok(_) => acknowledged += 1,
+                Ok(_) => answered += 1,
                 Err(Error::Closed { .. }) => {}
                 Err(other) => panic!("a join racing close failed with {other:?}"),
             }
         }
+        assert!(
+            answered >= taken,
+            "round {round}: the writer had taken {taken} joins, {answered} were answered"
+        );
+        acknowledged += answered;
         assert!(!wal.exists(), "round {round}: the WAL outlived close");
         assert!(matches!(
             store.count(&Topic::new("room").unwrap()).await,
             Err(Error::Closed { .. })
         ));
     }
-    assert!(acknowledged > 0, "some joins got in before the closes");
-    assert_eq!(stored_entries(&path), acknowledged);
+    assert_eq!(stored_entries(&path), acknowledged as i64);
 }
 
 /// Dropping the last handle inside async code returns at once, even while
