@@ -73,7 +73,9 @@ impl SqliteStore {
                 schema_version = SCHEMA_VERSION,
                 "presence-sqlite store opened"
             ),
-            Err(error) => tracing::warn!(
+            // The caller gets the error and reports it: a warning here
+            // would say it twice.
+            Err(error) => tracing::debug!(
                 location = ?config.location,
                 error = %error.chain(),
                 "presence-sqlite store could not be opened"
