@@ -124,13 +124,13 @@ pub async fn run(
     let live = LiveMembers::start(store.clone(), topic.clone()).await?;
     let sweeper = {
         let tally = tally.clone();
-        Sweeper::new(store.clone(), demo.ttl)
+        Sweeper::new(store.clone(), demo.ttl)?
             .on_departures(move |gone| {
                 tally.swept.fetch_add(gone.len() as u64, Ordering::Relaxed);
             })
             .spawn()
     };
-    let tracker = Tracker::new(store.clone(), demo.ttl);
+    let tracker = Tracker::new(store.clone(), demo.ttl)?;
     out.note(&format!(
         "{} users with up to {} tabs each in {topic} for {}, TTL {}; each user acts every \
          50 to 400 ms, so the rate below is the simulation's pace, not the store's limit \
@@ -177,16 +177,20 @@ pub async fn run(
         done?;
     }
     let seconds = started.elapsed().as_secs_f64();
-    drop(sweeper);
+    sweeper.close().await;
+    // Every guard has left or was abandoned; this waits for nothing more,
+    // but is what an app does on shutdown.
+    tracker.close().await;
 
     // Crashed tabs are still in the room until swept; the live view must
     // agree with the store on exactly who that is.
     live.settled().await;
     let stored = store.members(&topic).await?;
     let matches = presence::Member::same_presence(&live.members(), &stored);
+    live.close().await;
 
     let summary = Summary {
-        store: crate::output::redact(store_url),
+        store: presence::redact(store_url),
         topic: topic.to_string(),
         users: demo.users,
         max_tabs: demo.tabs,

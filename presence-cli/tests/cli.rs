@@ -86,7 +86,7 @@ impl Running {
     fn start(mut command: Command) -> Self {
         let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start presence");
         let stdout = child.stdout.take().unwrap();
@@ -116,6 +116,35 @@ impl Running {
                 return value;
             }
         }
+    }
+}
+
+impl Running {
+    /// Sends `signal` (`TERM`, `INT`) and waits (up to 20 s) for the exit;
+    /// returns whether it exited with success and what it wrote on stderr.
+    fn stop_with(mut self, signal: &str) -> (bool, String) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal} {pid}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running 20 s after SIG{signal}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
+        }
+        (status.success(), stderr)
     }
 }
 
@@ -305,14 +334,14 @@ fn bad_input_is_one_line_and_changes_nothing() {
     assert_eq!(store.json(&["members", "room"]), before, "nothing changed");
 
     let unknown = Command::new(env!("CARGO_BIN_EXE_presence"))
-        .args(["--store", "redis://localhost", "count", "room"])
+        .args(["--store", "gopher://localhost", "count", "room"])
         .output()
         .unwrap();
     assert!(!unknown.status.success());
     let line = String::from_utf8(unknown.stderr).unwrap();
     assert_eq!(line.lines().count(), 1);
     assert!(
-        line.contains("invalid url") && line.contains("\"redis\""),
+        line.contains("invalid url") && line.contains("\"gopher\""),
         "{line}"
     );
 
@@ -333,4 +362,61 @@ fn a_file_that_is_not_a_database_is_refused_and_kept() {
         b"not a database at all, just text"
     );
     assert!(Path::new(&store.path()).exists());
+}
+
+#[test]
+fn sigterm_and_ctrl_c_end_running_commands_cleanly() {
+    let store = Store::new();
+    store.ok(&["join", "room", "early"]);
+    for signal in ["TERM", "INT"] {
+        let sweeper = Running::start(
+            store.command(&["sweeper", "--ttl", "200ms", "--every", "20ms", "--json"]),
+        );
+        store.ok(&["join", "room", "ghost"]);
+        sweeper.wait_for("the ghost's departure", |line| {
+            line["entry"]["key"]["member"] == "ghost"
+        });
+        let (clean, stderr) = sweeper.stop_with(signal);
+        assert!(clean && stderr.is_empty(), "sweeper, SIG{signal}: {stderr}");
+    }
+    // `watch` on SQLite with a fast poll used to panic now and then when
+    // stopped ("Task has been cancelled"): stop it many times mid-read.
+    for round in 0..30 {
+        let watch = Running::start(store.command(&["watch", "room", "--poll", "1ms", "--json"]));
+        watch.wait_for("the state", |line| line["type"] == "state");
+        let signal = if round % 2 == 0 { "INT" } else { "TERM" };
+        let (clean, stderr) = watch.stop_with(signal);
+        assert!(clean && stderr.is_empty(), "watch, round {round}: {stderr}");
+    }
+}
+
+#[test]
+fn errors_print_their_cause_and_never_a_secret() {
+    let store = Store::new();
+    for url in [
+        // Nothing listens on port 1: the driver's cause must be printed.
+        "postgres://app:s3cret@127.0.0.1:1/db?connect_timeout=2",
+        "host=127.0.0.1 port=1 user=app password=s3cret connect_timeout=2",
+        "gopher://app:s3cret@localhost/x",
+        "postgres://app:s3cret@[::1/db",
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_presence"))
+            .args(["--store", url, "count", "room"])
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{url}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{url}: {stderr}");
+        assert!(
+            !stderr.contains("s3cret"),
+            "{url} printed its password: {stderr}"
+        );
+        if url.contains("127.0.0.1:1") || url.contains("port=1") {
+            assert!(
+                stderr.to_lowercase().contains("connection refused"),
+                "{url}: the cause is missing: {stderr}"
+            );
+        }
+    }
+    drop(store);
 }
