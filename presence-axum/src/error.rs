@@ -80,6 +80,14 @@ impl ApiError {
         )
     }
 
+    /// `503`: the shutdown signal was given; no new stream is opened.
+    pub fn shutting_down() -> Self {
+        Self::plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        )
+    }
+
     fn plain(status: StatusCode, error: &str) -> Self {
         Self {
             status,

@@ -557,6 +557,9 @@ async fn events(State(web): State<Arc<Web>>, request: Request) -> Result<Respons
         channels,
         last_event_id,
     } = channels_query(parts.uri.query(), web.config.max_channels)?;
+    if web.config.shutdown.is_cancelled() {
+        return Err(ApiError::shutting_down());
+    }
     let header_id = parts
         .headers
         .get("last-event-id")
