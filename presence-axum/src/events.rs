@@ -18,7 +18,7 @@ use tokio::time::{Instant, Interval};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::Web;
-use crate::hub::Tap;
+use crate::hub::{Frame, Tap};
 use crate::wire::{WebMissing, to_json};
 
 /// A channel of the stream.
@@ -26,13 +26,13 @@ struct Position {
     topic: Topic,
     /// `epoch.seq` of the last frame sent; empty while none (or missing).
     id: String,
+    epoch: String,
     /// The viewer may no longer see it: its frames are dropped.
     revoked: bool,
 }
 
-/// A frame of channel `.0`: its `epoch.seq` and bytes, or `None` when the
-/// channel's hub closed.
-type Tagged = (usize, Option<(String, Bytes)>);
+/// A frame of channel `.0`, or `None` when the channel's hub closed.
+type Tagged = (usize, Option<Frame>);
 
 /// The events of one response.
 pub(crate) struct Viewer {
@@ -95,6 +95,7 @@ impl Viewer {
                 .map(|topic| Position {
                     topic,
                     id: String::new(),
+                    epoch: String::new(),
                     revoked: false,
                 })
                 .collect(),
@@ -116,17 +117,12 @@ impl Viewer {
 
     /// Channel `index` is followed through `tap`.
     pub(crate) fn follow(&mut self, index: usize, tap: Tap) {
-        let epoch = tap_epoch(&tap);
-        let frames = stream::unfold(Some(tap), move |tap| {
-            let epoch = epoch.clone();
-            async move {
-                let mut tap = tap?;
-                match tap.next().await {
-                    Some((seq, bytes)) => {
-                        Some(((index, Some((format!("{epoch}.{seq}"), bytes))), Some(tap)))
-                    }
-                    None => Some(((index, None), None)),
-                }
+        self.positions[index].epoch = tap.hub_epoch().to_owned();
+        let frames = stream::unfold(Some(tap), move |tap| async move {
+            let mut tap = tap?;
+            match tap.next().await {
+                Some(frame) => Some(((index, Some(frame)), Some(tap))),
+                None => Some(((index, None), None)),
             }
         });
         self.frames.push(frames.boxed());
@@ -156,14 +152,21 @@ impl Viewer {
                 () = &mut self.shutdown => return None,
                 item = self.frames.next(), if !no_frames => {
                     let (index, frame) = item?;
-                    let (id, bytes) = frame?;
-                    if self.positions[index].revoked {
+                    let frame = frame?;
+                    let single = self.positions.len() == 1;
+                    let position = &mut self.positions[index];
+                    if position.revoked {
                         continue;
                     }
-                    self.positions[index].id = id;
-                    let id_line = self.id_line();
-                    self.ready.push_back(id_line);
-                    self.ready.push_back(bytes);
+                    if single {
+                        // Its id line is this stream's: send it as shared.
+                        self.ready.push_back(frame.bytes);
+                    } else {
+                        position.id = format!("{}.{}", position.epoch, frame.seq);
+                        let id_line = self.id_line();
+                        self.ready.push_back(id_line);
+                        self.ready.push_back(frame.body());
+                    }
                 }
                 _ = self.keep_alive.tick() => {
                     self.recheck().await;
@@ -195,8 +198,4 @@ impl Viewer {
         })
         .boxed()
     }
-}
-
-fn tap_epoch(tap: &Tap) -> String {
-    tap.hub_epoch().to_owned()
 }

@@ -21,11 +21,22 @@ use crate::wire::{WebDiff, WebMember, WebState, to_json};
 /// state instead (the frames themselves are shared by every viewer).
 const VIEWER_BUFFER: usize = 64;
 
-/// One diff as every viewer receives it: `event: diff` and its data, ready
-/// to send (the `id:` line is the viewer's own).
+/// One event as every viewer receives it, ready to send: `id:`, `event:`
+/// and `data:` lines. A stream of this one channel sends it whole; a
+/// stream of several sends its own `id:` line and the rest
+/// ([`Frame::body`]), shared without copying.
+#[derive(Clone)]
 pub(crate) struct Frame {
     pub(crate) seq: u64,
     pub(crate) bytes: Bytes,
+    body_at: usize,
+}
+
+impl Frame {
+    /// The event without its `id:` line.
+    pub(crate) fn body(&self) -> Bytes {
+        self.bytes.slice(self.body_at..)
+    }
 }
 
 /// What the hubs need from the router's settings.
@@ -203,8 +214,8 @@ struct Locked {
     /// The number of the last diff sent.
     seq: u64,
     history: VecDeque<Arc<Frame>>,
-    /// The `event: state` frame at (version, seq).
-    cached_state: Option<(u64, u64, Bytes)>,
+    /// The `event: state` frame at (version, frame.seq).
+    cached_state: Option<(u64, Frame)>,
     /// `None` once closed: viewers' receivers then end.
     sender: Option<broadcast::Sender<Arc<Frame>>>,
     idle_since: Instant,
@@ -274,15 +285,23 @@ impl HubState {
     }
 }
 
-fn frame(event: &str, data: &[u8]) -> Bytes {
-    let mut bytes = BytesMut::with_capacity(event.len() + data.len() + 16);
+fn frame(seq: u64, id: &str, event: &str, data: &[u8]) -> Frame {
+    let mut bytes = BytesMut::with_capacity(id.len() + event.len() + data.len() + 24);
+    bytes.put_slice(b"id: ");
+    bytes.put_slice(id.as_bytes());
+    bytes.put_slice(b"\n");
+    let body_at = bytes.len();
     bytes.put_slice(b"event: ");
     bytes.put_slice(event.as_bytes());
     bytes.put_slice(b"\ndata: ");
     // JSON text never holds a raw newline, so it is one `data:` line.
     bytes.put_slice(data);
     bytes.put_slice(b"\n\n");
-    bytes.freeze()
+    Frame {
+        seq,
+        bytes: bytes.freeze(),
+        body_at,
+    }
 }
 
 impl Hub {
@@ -317,12 +336,12 @@ impl Hub {
 
     /// The `event: state` frame now and its number (cached until the next
     /// change, so viewers arriving together share one serialization).
-    fn state_frame(locked: &mut Locked, hub: &Hub) -> (u64, Bytes) {
+    fn state_frame(locked: &mut Locked, hub: &Hub) -> Frame {
         let (version, seq) = (locked.state.version, locked.seq);
-        if let Some((v, s, bytes)) = &locked.cached_state
-            && (*v, *s) == (version, seq)
+        if let Some((v, frame)) = &locked.cached_state
+            && (*v, frame.seq) == (version, seq)
         {
-            return (seq, bytes.clone());
+            return frame.clone();
         }
         let id = hub.id(seq);
         let members = locked.state.sorted();
@@ -334,9 +353,9 @@ impl Hub {
             members: (!hub.count_only).then(|| members.into_iter().map(WebMember::of).collect()),
             last_id: None,
         });
-        let bytes = frame("state", &data);
-        locked.cached_state = Some((version, seq, bytes.clone()));
-        (seq, bytes)
+        let frame = frame(seq, &id, "state", &data);
+        locked.cached_state = Some((version, frame.clone()));
+        frame
     }
 
     /// Sends one diff of the members in `touched` (all of them, present or
@@ -373,10 +392,7 @@ impl Hub {
             })
         };
         touched.clear();
-        let frame = Arc::new(Frame {
-            seq,
-            bytes: frame("diff", &data),
-        });
+        let frame = Arc::new(frame(seq, &id, "diff", &data));
         locked.seq = seq;
         locked.state.sent_counts = locked.state.counts;
         locked.history.push_back(frame.clone());
@@ -411,7 +427,7 @@ impl Hub {
                     .history
                     .iter()
                     .filter(|frame| frame.seq > after)
-                    .map(|frame| (frame.seq, frame.bytes.clone())),
+                    .map(|frame| Frame::clone(frame)),
             );
         } else {
             first.push_back(Self::state_frame(&mut locked, self));
@@ -461,7 +477,7 @@ impl Drop for ViewerGuard {
 pub(crate) struct Tap {
     hub: Arc<Hub>,
     _guard: ViewerGuard,
-    first: VecDeque<(u64, Bytes)>,
+    first: VecDeque<Frame>,
     receiver: broadcast::Receiver<Arc<Frame>>,
     last: u64,
 }
@@ -472,8 +488,8 @@ impl Tap {
         &self.hub.epoch
     }
 
-    /// The next frame and its number; `None` when the hub closed.
-    pub(crate) async fn next(&mut self) -> Option<(u64, Bytes)> {
+    /// The next frame; `None` when the hub closed.
+    pub(crate) async fn next(&mut self) -> Option<Frame> {
         if let Some(first) = self.first.pop_front() {
             return Some(first);
         }
@@ -482,15 +498,15 @@ impl Tap {
                 Ok(frame) if frame.seq <= self.last => continue,
                 Ok(frame) if frame.seq == self.last + 1 => {
                     self.last = frame.seq;
-                    return Some((frame.seq, frame.bytes.clone()));
+                    return Some(Frame::clone(&frame));
                 }
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let (seq, bytes) = {
+                    let frame = {
                         let mut locked = self.hub.state.lock().unwrap();
                         Hub::state_frame(&mut locked, &self.hub)
                     };
-                    self.last = seq;
-                    return Some((seq, bytes));
+                    self.last = frame.seq;
+                    return Some(frame);
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
