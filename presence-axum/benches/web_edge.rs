@@ -186,7 +186,10 @@ struct Seen {
     messages: AtomicU64,
     states: AtomicU64,
     ready: AtomicU32,
+    /// Count messages (during the drive only).
     counting: AtomicBool,
+    /// Record who saw which member (from the drive's start to the report).
+    recording: AtomicBool,
 }
 
 /// The member numbers a frame's data names (`{"id":"m123"`), in one pass.
@@ -213,7 +216,7 @@ async fn viewer(addr: SocketAddr, seen: Arc<Seen>) {
     );
     let (status, _) = connection.request(&head, &[]).await;
     assert_eq!(status, 200, "opening a stream");
-    let mut mine = vec![0u64; MEMBERS / 64 + 1];
+    let mut mine = [0u64; MEMBERS / 64 + 1];
     let mut buffer = Vec::new();
     let mut ready = false;
     while connection.chunk(&mut buffer).await.is_some() {
@@ -227,10 +230,12 @@ async fn viewer(addr: SocketAddr, seen: Arc<Seen>) {
                 ready = true;
                 seen.ready.fetch_add(1, Ordering::Relaxed);
             }
-            if !seen.counting.load(Ordering::Relaxed) {
+            if !seen.recording.load(Ordering::Relaxed) {
                 continue;
             }
-            seen.messages.fetch_add(1, Ordering::Relaxed);
+            if seen.counting.load(Ordering::Relaxed) {
+                seen.messages.fetch_add(1, Ordering::Relaxed);
+            }
             if is_state {
                 seen.states.fetch_add(1, Ordering::Relaxed);
             }
@@ -263,6 +268,7 @@ async fn viewers(addr: SocketAddr, count: usize) {
         states: AtomicU64::new(0),
         ready: AtomicU32::new(0),
         counting: AtomicBool::new(false),
+        recording: AtomicBool::new(false),
     });
     for _ in 0..count {
         tokio::spawn(viewer(addr, seen.clone()));
@@ -276,12 +282,16 @@ async fn viewers(addr: SocketAddr, count: usize) {
     let mut stdin = BufReader::new(tokio::io::stdin());
     let mut line = String::new();
     stdin.read_line(&mut line).await.unwrap();
+    seen.recording.store(true, Ordering::Relaxed);
     seen.counting.store(true, Ordering::Relaxed);
     let started = Instant::now();
     line.clear();
     stdin.read_line(&mut line).await.unwrap();
     let seconds = started.elapsed().as_secs_f64();
     seen.counting.store(false, Ordering::Relaxed);
+    line.clear();
+    stdin.read_line(&mut line).await.unwrap();
+    seen.recording.store(false, Ordering::Relaxed);
     let messages = seen.messages.load(Ordering::Relaxed);
     println!(
         "messages {messages} seconds {seconds:.3} states {}",
@@ -322,6 +332,7 @@ fn spawn_self(args: &[String]) -> tokio::process::Child {
 }
 
 struct RunResult {
+    changes_per_second: f64,
     messages_per_second: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -412,6 +423,9 @@ async fn run(viewer_count: usize, coalesce_ms: u64) -> RunResult {
     for sender in senders {
         sender.await.unwrap();
     }
+    // Every change answered: the rate the server really took them at.
+    let changes_per_second = (2 * joined - present.len()) as f64 / started.elapsed().as_secs_f64();
+    viewer_in.write_all(b"stop\n").await.unwrap();
     // Let the last diffs arrive.
     tokio::time::sleep(Duration::from_millis(3_000)).await;
     viewer_in.write_all(b"report\n").await.unwrap();
@@ -442,6 +456,7 @@ async fn run(viewer_count: usize, coalesce_ms: u64) -> RunResult {
     drop(viewers);
     drop(server);
     RunResult {
+        changes_per_second,
         messages_per_second: messages,
         p50_ms: percentile(&latencies, 0.5),
         p99_ms: percentile(&latencies, 0.99),
@@ -499,9 +514,9 @@ async fn orchestrate(counts: Vec<usize>) {
         "web edge: one SQLite server, SSE viewers of one channel, {CHANGES_PER_SECOND} joins and leaves a second for {DRIVE:?}"
     );
     println!(
-        "| viewers | coalescing | messages/s delivered | join→last viewer p50 | p99 | joins seen by all | states sent (lag) | server RSS per stream |"
+        "| viewers | coalescing | changes/s answered | messages/s delivered | join→last viewer p50 | p99 | joins seen by all | states sent (lag) | server RSS per stream |"
     );
-    println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for &count in &counts {
         for coalesce_ms in [100, 0] {
             let r = run(count, coalesce_ms).await;
@@ -511,7 +526,8 @@ async fn orchestrate(counts: Vec<usize>) {
                 format!("{coalesce_ms} ms")
             };
             println!(
-                "| {count} | {label} | {:.0} | {:.1} ms | {:.1} ms | {}/{} | {} | {:.1} KiB |",
+                "| {count} | {label} | {:.0} | {:.0} | {:.1} ms | {:.1} ms | {}/{} | {} | {:.1} KiB |",
+                r.changes_per_second,
                 r.messages_per_second,
                 r.p50_ms,
                 r.p99_ms,
