@@ -110,9 +110,10 @@ impl Action {
 /// returning, whether the command succeeded or not.
 pub async fn run(cli: Cli) -> CliResult<ExitCode> {
     let out = Printer { json: cli.json };
+    let mut shutdown = Shutdown::listen()?;
     let action = Action::check(cli.command)?;
     let store = presence::connect(&cli.store).await?;
-    let result = perform(action, &store, &cli.store, out).await;
+    let result = perform(action, &store, &cli.store, out, &mut shutdown).await;
     let closed = store.close().await;
     let code = result?;
     closed?;
@@ -124,6 +125,7 @@ async fn perform(
     store: &Arc<dyn PresenceStore>,
     store_url: &str,
     out: Printer,
+    shutdown: &mut Shutdown,
 ) -> CliResult<ExitCode> {
     match action {
         Action::Join {
@@ -187,48 +189,72 @@ async fn perform(
                     let _ = out.departure_lines(&gone, "expired");
                 })
                 .spawn();
-            shutdown_signal().await?;
+            shutdown.requested().await;
             sweeper.close().await;
         }
         Action::Watch { topic, poll } => {
             let live = LiveMembers::follow(store.clone(), topic.clone(), poll).await?;
             let mut updates = live.updates();
-            let stop = shutdown_signal();
-            tokio::pin!(stop);
             loop {
                 tokio::select! {
                     update = updates.next() => match update {
                         Some(update) => out.live_update(&topic, &update)?,
                         None => break,
                     },
-                    stopped = &mut stop => {
-                        stopped?;
-                        break;
-                    }
+                    () = shutdown.requested() => break,
                 }
             }
             live.close().await;
         }
         Action::Migrate => out.migrated(store_url)?,
-        Action::Demo(args) => return demo::run(store.clone(), store_url, args, out).await,
+        Action::Demo(args) => {
+            return demo::run(store.clone(), store_url, args, out, shutdown).await;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM, so both end a running command
-/// cleanly: its store is closed before the process exits.
-pub async fn shutdown_signal() -> std::io::Result<()> {
+/// Ctrl-C (SIGINT) and SIGTERM, listened to from the start of the command,
+/// so both end a running command cleanly (its store closed before the
+/// process exits) however early they come.
+pub struct Shutdown {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            stopped = tokio::signal::ctrl_c() => stopped,
-            _ = term.recv() => Ok(()),
+    signals: (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+}
+
+impl Shutdown {
+    /// Starts listening; from now on the signals no longer kill the process.
+    pub fn listen() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                signals: (
+                    signal(SignalKind::interrupt())?,
+                    signal(SignalKind::terminate())?,
+                ),
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await
+
+    /// Resolves at the first of the signals.
+    pub async fn requested(&mut self) {
+        #[cfg(unix)]
+        {
+            let (interrupt, terminate) = &mut self.signals;
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
