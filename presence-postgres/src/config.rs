@@ -183,7 +183,9 @@ impl PostgresConfig {
     /// names; the rest stays in [`url`](Self::url) for tokio-postgres,
     /// which refuses the ones it does not know. Durations are seconds
     /// (`connect_timeout=3`, `call_timeout=2.5`) or carry a unit (`500ms`,
-    /// `3s`); `migrate_on_open` is `true` or `false`.
+    /// `3s`); `migrate_on_open` is `true` or `false`. As in libpq,
+    /// `connect_timeout` bounds every connection the store makes: it sets
+    /// `pool_create_timeout` too (a later `pool_create_timeout` wins).
     ///
     /// Fails with `InvalidInput` naming the parameter that is unknown or
     /// has a bad value (`url` for a string that is not a connection string).
@@ -256,6 +258,10 @@ impl PostgresConfig {
                 *self
                     .timeout_mut(field)
                     .expect("every other parameter is a timeout") = duration;
+                if field == "connect_timeout" {
+                    // libpq's connect_timeout bounds every connection made.
+                    self.pool_create_timeout = duration;
+                }
             }
         }
         Ok(())

@@ -135,6 +135,18 @@ impl PostgresStore {
         Self::open(pool, listen, config, connector).await
     }
 
+    /// The listener's config, with TLS required when `config.sslmode` is
+    /// stricter than `prefer` (no silent fallback to plaintext).
+    fn listen_config(
+        mut listen: tokio_postgres::Config,
+        config: &PostgresConfig,
+    ) -> tokio_postgres::Config {
+        if !matches!(config.sslmode, crate::SslMode::Prefer) {
+            listen.ssl_mode(driver_ssl_mode(config.sslmode));
+        }
+        listen
+    }
+
     /// [`from_pool`](Self::from_pool) with the app's own TLS connector for
     /// the event listener: hand in the connector the pool was built with.
     pub async fn from_pool_with_tls<T>(
@@ -179,6 +191,7 @@ impl PostgresStore {
         connector: Connector,
     ) -> Result<Self> {
         let schema = config.checked_schema()?.to_owned();
+        let listen = Self::listen_config(listen, &config);
         let db = Arc::new(Db {
             pool,
             sql: Sql::new(&schema),
