@@ -138,13 +138,14 @@ async fn batch_loop<Q, A, F, Fut>(
             let started = Instant::now();
             let result = run(inputs).await;
             metrics::batch(BACKEND, kind, count);
-            tracing::debug!(
-                kind,
-                size = count,
-                took_ms = started.elapsed().as_secs_f64() * 1e3,
-                ok = result.is_ok(),
-                "postgres batch"
-            );
+            let took_ms = started.elapsed().as_secs_f64() * 1e3;
+            let ok = result.is_ok();
+            if kind == "touch" {
+                // Heartbeats: nothing per heartbeat above trace.
+                tracing::trace!(kind, size = count, took_ms, ok, "postgres batch");
+            } else {
+                tracing::debug!(kind, size = count, took_ms, ok, "postgres batch");
+            }
             answer(replies, count, result);
             drop(permit);
         });

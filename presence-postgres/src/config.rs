@@ -69,7 +69,7 @@ pub struct PostgresConfig {
     pub migrate_on_open: bool,
     /// The most entries one sweep transaction removes: a `sweep_all` of
     /// many expired entries runs as several transactions of whole topics,
-    /// so other writes interleave. Default 5,000.
+    /// so other writes interleave. Default 1,000 (see BENCHMARKS.md).
     pub sweep_chunk: usize,
 }
 
@@ -173,7 +173,7 @@ impl PostgresConfig {
             subscribe_timeout: Duration::from_secs(10),
             listener_ping_interval: Duration::from_secs(30),
             migrate_on_open: true,
-            sweep_chunk: 5_000,
+            sweep_chunk: 1_000,
         }
     }
 

@@ -1,6 +1,7 @@
 //! A batched call that the server fails keeps the server's error: every
 //! caller of the batch finds the SQLSTATE in its error's source chain, and
 //! the message names the backend once.
+#![cfg(feature = "testing")]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,6 +2,7 @@
 //! cause (and the cause in the error `connect` returns), batches at
 //! `debug`, and never a password. A subscriber of this binary's own
 //! captures every event.
+#![cfg(feature = "testing")]
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! with `--features metrics`): joins by outcome, departures by reason,
 //! touched keys, batch sizes per kind, commit and sweep durations, pool
 //! waits and backend errors, all labelled `backend="postgres"` only.
-#![cfg(feature = "metrics")]
+#![cfg(all(feature = "testing", feature = "metrics"))]
 
 use std::collections::HashMap;
 use std::sync::OnceLock;

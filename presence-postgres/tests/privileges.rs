@@ -3,6 +3,7 @@
 //! migrations are a step of their own (`PostgresStore::migrate`), and
 //! `migrate_on_open = false` refuses a missing, older or newer schema
 //! clearly, changing nothing.
+#![cfg(feature = "testing")]
 
 use futures::StreamExt;
 use presence_core::{Event, Meta, PresenceKey, PresenceStore, Topic};

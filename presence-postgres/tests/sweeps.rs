@@ -2,6 +2,7 @@
 //! every expired entry is removed and reported once, in the contract's
 //! order, with exact `last_for_member` flags and counts, also when several
 //! stores (separate pools, as separate processes would have) sweep at once.
+#![cfg(feature = "testing")]
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

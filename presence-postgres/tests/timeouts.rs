@@ -4,6 +4,7 @@
 //! every call fails within the timeouts, and after SIGCONT everything works
 //! again, events included. The generous outer timeouts only turn a hang
 //! into a failure; no figure here is asserted.
+#![cfg(feature = "testing")]
 
 use std::time::Duration;
 

@@ -4,6 +4,7 @@
 //! another CA is refused saying so, a host name the certificate does not
 //! name is refused by `verify-full`, and `require` against a server
 //! without TLS fails at once. An app's own connector works too.
+#![cfg(all(feature = "testing", feature = "tls"))]
 
 use std::path::PathBuf;
 use std::sync::Arc;
