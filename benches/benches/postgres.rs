@@ -140,28 +140,45 @@ fn heartbeats_and_count(c: &mut Criterion) {
 
 fn sweeps(c: &mut Criterion) {
     let rt = runtime();
-    let store = store(&rt, "bench_sweep");
     let next = AtomicUsize::new(0);
     let mut group = c.benchmark_group("postgres");
     group.sample_size(10);
     group.sampling_mode(SamplingMode::Flat);
     group.measurement_time(Duration::from_secs(10));
-    group.bench_function("sweep_all_100000_expired", |b| {
-        b.iter_batched(
-            || {
-                // Setup, not measured: 100,000 entries over 1,000 topics,
-                // joined through the API by 64 tasks; all expire at once.
-                let keys = fresh_keys(&next, 100_000, 1_000);
-                rt.block_on(join_concurrently(store.clone(), keys, 64));
-                store.clock().now() + Duration::from_millis(1)
-            },
-            |cutoff: Timestamp| {
-                let swept = rt.block_on(store.sweep_all(cutoff)).unwrap();
-                assert_eq!(swept.len(), 100_000);
-            },
-            BatchSize::PerIteration,
-        )
-    });
+    // In pieces of the default `sweep_chunk` (1,000), and in one
+    // transaction as before pieces.
+    for (name, chunk) in [
+        ("sweep_all_100000_expired", None),
+        (
+            "sweep_all_100000_expired_one_transaction",
+            Some(usize::MAX / 2),
+        ),
+    ] {
+        let mut config = PostgresConfig::new(url());
+        config.schema = testing::unique_schema("bench_sweep");
+        config.pool_size = 8;
+        if let Some(chunk) = chunk {
+            config.sweep_chunk = chunk;
+        }
+        let store = Arc::new(rt.block_on(PostgresStore::connect(config)).unwrap());
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    // Setup, not measured: 100,000 entries over 1,000
+                    // topics, joined through the API by 64 tasks; all
+                    // expire at once.
+                    let keys = fresh_keys(&next, 100_000, 1_000);
+                    rt.block_on(join_concurrently(store.clone(), keys, 64));
+                    store.clock().now() + Duration::from_millis(1)
+                },
+                |cutoff: Timestamp| {
+                    let swept = rt.block_on(store.sweep_all(cutoff)).unwrap();
+                    assert_eq!(swept.len(), 100_000);
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
     group.finish();
 }
 

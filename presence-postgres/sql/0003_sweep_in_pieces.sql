@@ -1,6 +1,6 @@
--- sweep_all in bounded pieces (see BENCHMARKS.md): the store picks a few
--- whole topics at a time (by walking the primary key in topic order) and
--- sweeps each piece in a transaction of its own, so other writes interleave
+-- sweep_all in bounded pieces (see BENCHMARKS.md): the store finds the
+-- topics with expired entries in one scan, cuts them into pieces of a few
+-- whole topics, and sweeps each piece in a transaction of its own, so other writes interleave
 -- with a mass expiry instead of waiting for one transaction over the whole
 -- table. Each piece is atomic for its topics, as `sweep` is for one.
 CREATE FUNCTION {s}.sweep_topics(p_topics text[], p_older_than bigint)

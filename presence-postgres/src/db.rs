@@ -136,8 +136,7 @@ pub(crate) struct Sql {
     pub(crate) leave_member: String,
     pub(crate) disconnect: String,
     pub(crate) sweep: String,
-    pub(crate) sweep_first_piece: String,
-    pub(crate) sweep_next_piece: String,
+    pub(crate) sweep_plan: String,
     pub(crate) sweep_topics: String,
     pub(crate) members: String,
     pub(crate) member: String,
@@ -150,16 +149,6 @@ impl Sql {
     pub(crate) fn new(schema: &str) -> Self {
         let render = |template: &str| template.replace("{s}", schema);
         let entry_columns = "topic, member, connection, meta, joined_at, last_seen_at";
-        // The topics of the next piece of a sweep: walking the primary key
-        // in topic order, the topics of the next `$3` expired entries.
-        let piece = |after: &str| {
-            render(&format!(
-                "SELECT array_agg(DISTINCT p.topic), max(p.topic) FROM ( \
-                   SELECT e.topic FROM {{s}}.entries e \
-                   WHERE {after} e.last_seen_at < $1 ORDER BY e.topic LIMIT $2 \
-                 ) AS p"
-            ))
-        };
         Self {
             join_many: render(
                 "SELECT r_i, r_outcome, r_joined_at, r_first, r_changed \
@@ -182,8 +171,12 @@ impl Sql {
             leave_member: render("SELECT * FROM {s}.leave_member($1, $2)"),
             disconnect: render("SELECT * FROM {s}.disconnect($1, $2)"),
             sweep: render("SELECT * FROM {s}.sweep($1, $2)"),
-            sweep_first_piece: piece(""),
-            sweep_next_piece: piece("e.topic > $3 AND"),
+            // One scan of the table finds the expired entries' topics;
+            // the pieces are cut from it.
+            sweep_plan: render(
+                "SELECT e.topic, count(*) FROM {s}.entries e WHERE e.last_seen_at < $1 \
+                 GROUP BY e.topic ORDER BY e.topic",
+            ),
             sweep_topics: render("SELECT * FROM {s}.sweep_topics($1, $2)"),
             members: render(&format!(
                 "SELECT {entry_columns} FROM {{s}}.entries WHERE topic = $1"
@@ -527,51 +520,46 @@ impl Db {
     }
 
     /// `sweep_all` in pieces of about `sweep_chunk` entries (whole topics
-    /// each), each piece a transaction of its own.
+    /// each, in topic order), each piece a transaction of its own. One scan
+    /// finds the topics with expired entries; each piece then removes,
+    /// under its topics' locks, what is still expired there (a touch or a
+    /// concurrent sweeper may have changed that meanwhile).
     pub(crate) async fn sweep_all(&self, older_than: i64) -> Result<Vec<Departure>> {
         let started = Instant::now();
-        let limit = self.config.sweep_chunk.min(i64::MAX as usize) as i64;
-        let mut after: Option<String> = None;
+        let plan = self.query(&self.sql.sweep_plan, &[&older_than]).await?;
+        let mut pieces: Vec<Vec<String>> = Vec::new();
+        let mut filled = usize::MAX;
+        for row in &plan {
+            let topic: String = row.try_get(0).map_err(db)?;
+            let expired: i64 = row.try_get(1).map_err(db)?;
+            if filled >= self.config.sweep_chunk {
+                pieces.push(Vec::new());
+                filled = 0;
+            }
+            pieces.last_mut().expect("a piece").push(topic);
+            filled = filled.saturating_add(expired.max(0) as usize);
+        }
         let mut swept = Vec::new();
-        let mut pieces = 0usize;
-        loop {
-            let rows = match &after {
-                None => {
-                    self.query(&self.sql.sweep_first_piece, &[&older_than, &limit])
-                        .await?
-                }
-                Some(after) => {
-                    self.query(&self.sql.sweep_next_piece, &[&older_than, &limit, after])
-                        .await?
-                }
-            };
-            let Some(row) = rows.first() else { break };
-            let topics: Option<Vec<String>> = row.try_get(0).map_err(db)?;
-            let last: Option<String> = row.try_get(1).map_err(db)?;
-            let (Some(topics), Some(last)) = (topics, last) else {
-                break;
-            };
+        for topics in &pieces {
             let piece = self
                 .remove(
                     &self.sql.sweep_topics,
-                    &[&topics, &older_than],
+                    &[topics, &older_than],
                     Reason::Expired,
                 )
                 .await?;
-            pieces += 1;
             tracing::debug!(
                 topics = topics.len(),
                 departures = piece.len(),
                 "postgres sweep piece"
             );
             swept.extend(piece);
-            after = Some(last);
         }
         let took = started.elapsed();
         metrics::sweep(BACKEND, took);
         tracing::debug!(
             departures = swept.len(),
-            pieces,
+            pieces = pieces.len(),
             took_ms = took.as_secs_f64() * 1e3,
             "postgres sweep_all"
         );
