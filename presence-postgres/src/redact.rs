@@ -2,30 +2,21 @@
 //! logs.
 
 use crate::params::key_values;
-
-const MASK: &str = "***";
+use presence_core::{MASK, is_secret_parameter, redact_url};
 
 /// `text` (a `postgres://` URL or a key=value string) with every password
 /// replaced by `***`: the one in a URL's user info, and any `password=`
 /// parameter. A string that cannot be read at all is masked whole.
 pub fn redact(text: &str) -> String {
     let trimmed = text.trim();
-    if let Some(rest) = trimmed
-        .strip_prefix("postgres://")
-        .map(|rest| ("postgres://", rest))
-        .or_else(|| {
-            trimmed
-                .strip_prefix("postgresql://")
-                .map(|rest| ("postgresql://", rest))
-        })
-    {
-        return redact_url(rest.0, rest.1);
+    if trimmed.contains("://") {
+        return redact_url(trimmed);
     }
     match key_values(trimmed) {
         Ok(pairs) => pairs
             .iter()
             .map(|pair| {
-                if is_secret(&pair.key) {
+                if is_secret_parameter(&pair.key) {
                     format!("{}={MASK}", pair.key)
                 } else {
                     trimmed[pair.span.clone()].to_owned()
@@ -36,39 +27,6 @@ pub fn redact(text: &str) -> String {
         Err(_) if trimmed.contains("password") || trimmed.contains('@') => MASK.to_owned(),
         Err(_) => trimmed.to_owned(),
     }
-}
-
-fn is_secret(key: &str) -> bool {
-    key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("sslpassword")
-}
-
-fn redact_url(scheme: &str, rest: &str) -> String {
-    let (authority_end, _) = rest
-        .char_indices()
-        .find(|(_, c)| *c == '/' || *c == '?')
-        .unwrap_or((rest.len(), ' '));
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rsplit_once('@') {
-        Some((user_info, hosts)) => match user_info.split_once(':') {
-            Some((user, _password)) => format!("{user}:{MASK}@{hosts}"),
-            None => format!("{user_info}@{hosts}"),
-        },
-        None => authority.to_owned(),
-    };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let query: Vec<String> = query
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some((key, _)) if is_secret(key) => format!("{key}={MASK}"),
-                    _ => pair.to_owned(),
-                })
-                .collect();
-            format!("{path}?{}", query.join("&"))
-        }
-        None => tail.to_owned(),
-    };
-    format!("{scheme}{authority}{tail}")
 }
 
 #[cfg(test)]
