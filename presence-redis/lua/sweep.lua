@@ -1,0 +1,45 @@
+-- sweep.lua: removes a topic's entries last seen before a time, at most
+-- about `limit` per call so a mass expiry never holds the server long; a
+-- member's expired connections always go in the same call.
+-- KEYS: the topic's six keys (see lib.lua).
+-- ARGV: publish command, topic, older_than (ms, exclusive), limit
+-- Returns {more (0/1), rows...}: more is 1 when expired entries may remain;
+-- the rows are the departures (see remove in lib.lua).
+local command, topic, older, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local _, s, c, _, _, i = group(1)
+local due = redis.call('ZRANGE', s, '-inf', '(' .. older, 'BYSCORE', 'LIMIT', 0, limit)
+local more = 0
+if #due == limit then
+  more = 1
+  -- The piece is full: add the other expired connections of its members.
+  local chosen, members = {}, {}
+  for _, f in ipairs(due) do
+    chosen[f] = true
+    local member = split(f)
+    members[member] = true
+  end
+  local older_number = tonumber(older)
+  for member in pairs(members) do
+    local siblings = redis.call('ZRANGE', c, '[' .. member .. '\0', '(' .. member .. '\1', 'BYLEX')
+    if #siblings > 1 then
+      local scores = redis.call('ZMSCORE', s, unpack(siblings))
+      for j, f in ipairs(siblings) do
+        if not chosen[f] and scores[j] and tonumber(scores[j]) < older_number then
+          chosen[f] = true
+          due[#due + 1] = f
+        end
+      end
+    end
+  end
+end
+local rows = remove(1, due, 'E')
+-- The index keeps a lower bound of the oldest entry left.
+local oldest = redis.call('ZRANGE', s, 0, 0, 'WITHSCORES')
+if oldest[2] then
+  redis.call('ZADD', i, oldest[2], topic)
+else
+  redis.call('ZREM', i, topic)
+end
+publish(command)
+table.insert(rows, 1, more)
+return rows
