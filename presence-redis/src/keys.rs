@@ -25,6 +25,23 @@ pub(crate) fn bucket(id: &str) -> u32 {
     hash % BUCKETS
 }
 
+/// The cluster slot of a bucket's keys (CRC16/XMODEM of the tag, as Redis
+/// Cluster computes it).
+pub(crate) fn slot(bucket: u32) -> u16 {
+    let mut crc: u16 = 0;
+    for byte in bucket.to_string().bytes() {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16_384
+}
+
 /// Checks a key prefix: braces would make the prefix the hash tag.
 pub(crate) fn check_prefix(prefix: &str) -> Result<()> {
     if prefix.contains(['{', '}']) {
@@ -113,6 +130,13 @@ mod tests {
         }
         assert_eq!(keys.topic_of_channel("other:{1}v:room"), None);
         assert!(bucket("room") < BUCKETS);
+    }
+
+    #[test]
+    fn slots_are_redis_clusters() {
+        // CLUSTER KEYSLOT "{0}x" and "{1023}x" on a Redis 7 server.
+        assert_eq!(slot(0), 13_907);
+        assert_eq!(slot(1023), 14_911);
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod conn;
 mod events;
 mod keys;
 mod scripts;
+mod shards;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

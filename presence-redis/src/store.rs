@@ -22,6 +22,7 @@ use crate::conn::{BACKEND, Conn, Target, bounded};
 use crate::events::{Events, Settings};
 use crate::keys::{BUCKETS, Keys, bucket};
 use crate::scripts::SCRIPTS;
+use crate::shards::ShardMap;
 use crate::wire::{self, Malformed};
 
 /// How many per-topic sweeps (or bucket reads) run at once in `sweep_all`.
@@ -65,6 +66,7 @@ struct Db {
     cluster: bool,
     publish: &'static str,
     conn: RwLock<Option<Conn>>,
+    shards: ShardMap,
 }
 
 /// One caller's join, as queued for a batch.
@@ -574,10 +576,11 @@ impl Db {
         let limit = 100_000;
         let read = |buckets: Vec<u32>| async move {
             let mut call = Call::default();
-            for b in &buckets {
-                call.keys.push(self.keys.index(*b));
-            }
+            call.keys.push(self.keys.index(buckets[0]));
             call.arg(older_than).arg(limit);
+            for b in &buckets {
+                call.arg(self.keys.index(*b));
+            }
             let pairs = wire::array(self.run("due", &SCRIPTS.due, call).await?);
             Ok::<Vec<Topic>, Error>(
                 pairs
@@ -589,15 +592,42 @@ impl Db {
                     .collect(),
             )
         };
+        if !self.cluster {
+            return read((0..BUCKETS).collect()).await;
+        }
+        let groups = match self.shards.get() {
+            Some(groups) => groups,
+            None => match self
+                .command(
+                    "reading the slot map",
+                    redis::cmd("CLUSTER").arg("SLOTS").to_owned(),
+                )
+                .await
+            {
+                Ok(slots) => self.shards.learn(slots),
+                Err(_) => (0..BUCKETS).map(|b| vec![b]).collect(),
+            },
+        };
         let mut topics = Vec::new();
-        if self.cluster {
-            let mut reads = futures::stream::iter((0..BUCKETS).map(|b| read(vec![b])))
-                .buffer_unordered(SWEEP_CONCURRENCY * 8);
-            while let Some(found) = reads.next().await {
-                topics.extend(found?);
+        let mut reads = futures::stream::iter(groups.into_iter().map(|group| async move {
+            match read(group.clone()).await {
+                Ok(found) => Ok::<Vec<Topic>, Error>(found),
+                Err(error) => {
+                    tracing::debug!(error = %error.chain(), "a grouped read of bucket indexes failed; reading bucket by bucket");
+                    // A stale map: the node refused buckets it does not
+                    // serve. One call per bucket, each routed by its key.
+                    self.shards.invalidate();
+                    let mut found = Vec::new();
+                    for b in group {
+                        found.extend(read(vec![b]).await?);
+                    }
+                    Ok(found)
+                }
             }
-        } else {
-            topics = read((0..BUCKETS).collect()).await?;
+        }))
+        .buffer_unordered(SWEEP_CONCURRENCY);
+        while let Some(found) = reads.next().await {
+            topics.extend(found?);
         }
         Ok(topics)
     }
@@ -633,6 +663,30 @@ impl Db {
             })
             .collect())
     }
+}
+
+/// Loads the scripts the server (every node of a cluster) lacks, so calls
+/// seldom pay for a NOSCRIPT (after a restart they still load on demand).
+async fn load_scripts(conn: &Conn, timeout: Duration) -> Result<()> {
+    let mut conn = conn.clone();
+    let mut exists = redis::cmd("SCRIPT");
+    exists.arg("EXISTS");
+    for script in SCRIPTS.all() {
+        exists.arg(script.get_hash());
+    }
+    let loaded = bounded(
+        "checking scripts",
+        timeout,
+        exists.query_async::<Value>(&mut conn),
+    )
+    .await?;
+    let loaded = wire::array(loaded);
+    for (i, script) in SCRIPTS.all().into_iter().enumerate() {
+        if loaded.get(i).and_then(wire::int) != Some(1) {
+            bounded("loading a script", timeout, script.load_async(&mut conn)).await?;
+        }
+    }
+    Ok(())
 }
 
 impl RedisStore {
@@ -672,17 +726,7 @@ impl RedisStore {
         };
         let (push, pushes) = tokio::sync::mpsc::unbounded_channel();
         let events_conn = target.connect(&config, Some(push)).await?;
-        {
-            let mut load = conn.clone();
-            for script in SCRIPTS.all() {
-                bounded(
-                    "loading a script",
-                    config.command_timeout,
-                    script.load_async(&mut load),
-                )
-                .await?;
-            }
-        }
+        load_scripts(&conn, config.command_timeout).await?;
         tracing::info!(server = %shown, cluster, "connected to redis");
         let publish = if cluster { "SPUBLISH" } else { "PUBLISH" };
         let keys = Keys::new(&config.key_prefix);
@@ -704,6 +748,7 @@ impl RedisStore {
             cluster,
             publish,
             conn: RwLock::new(Some(conn)),
+            shards: ShardMap::default(),
         });
         let joins = {
             let db = db.clone();
