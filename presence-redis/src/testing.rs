@@ -288,50 +288,70 @@ pub fn redis_cli(args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// Three masters (no replicas) on free loopback ports, joined into a
-/// cluster; they live as long as the process.
+/// The shared cluster: three masters that live as long as the process.
 fn start_cluster() -> Result<Vec<String>, String> {
-    let mut ports = Vec::new();
-    for _ in 0..3 {
-        let port = free_port()?;
-        let server = Server::start_with(
-            port,
-            &[
-                "--cluster-enabled yes",
-                &format!("--cluster-config-file nodes-{port}.conf"),
-                "--cluster-node-timeout 2000",
-            ],
-        )?;
-        std::mem::forget(server);
-        ports.push(port);
-    }
-    let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
-    args.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
-    args.extend([
-        "--cluster-replicas".into(),
-        "0".into(),
-        "--cluster-yes".into(),
-    ]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    redis_cli(&args)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ok = ports.iter().all(|p| {
-            redis_cli(&["-p", &p.to_string(), "cluster", "info"])
-                .is_ok_and(|info| info.contains("cluster_state:ok"))
-        });
-        if ok {
-            break;
+    let cluster = Cluster::start()?;
+    let nodes = cluster.nodes();
+    std::mem::forget(cluster);
+    Ok(nodes)
+}
+
+/// Three masters (no replicas) on free loopback ports, joined into a
+/// Redis Cluster; stopped when dropped.
+pub struct Cluster {
+    servers: Vec<Server>,
+}
+
+impl Cluster {
+    /// Starts the three servers and creates the cluster.
+    pub fn start() -> Result<Self, String> {
+        let mut servers = Vec::new();
+        for _ in 0..3 {
+            let port = free_port()?;
+            servers.push(Server::start_with(
+                port,
+                &[
+                    "--cluster-enabled yes",
+                    &format!("--cluster-config-file nodes-{port}.conf"),
+                    "--cluster-node-timeout 2000",
+                ],
+            )?);
         }
-        if Instant::now() > deadline {
-            return Err("the test cluster did not reach cluster_state:ok within 30 s".into());
+        let ports: Vec<String> = servers.iter().map(|s| s.port().to_string()).collect();
+        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+        args.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
+        args.extend([
+            "--cluster-replicas".into(),
+            "0".into(),
+            "--cluster-yes".into(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        redis_cli(&args)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = ports.iter().all(|p| {
+                redis_cli(&["-p", p, "cluster", "info"])
+                    .is_ok_and(|info| info.contains("cluster_state:ok"))
+            });
+            if ok {
+                return Ok(Self { servers });
+            }
+            if Instant::now() > deadline {
+                return Err("the test cluster did not reach cluster_state:ok within 30 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(ports
-        .iter()
-        .map(|p| format!("redis://127.0.0.1:{p}"))
-        .collect())
+
+    /// The nodes' URLs.
+    pub fn nodes(&self) -> Vec<String> {
+        self.servers.iter().map(Server::url).collect()
+    }
+
+    /// The nodes' ports.
+    pub fn ports(&self) -> Vec<u16> {
+        self.servers.iter().map(Server::port).collect()
+    }
 }
 
 /// Writes, behind the store's back, what damage or a hand edit could leave:
@@ -388,4 +408,17 @@ pub mod damage {
         let mut conn = store.raw_connection().expect("an open store");
         let _: Value = pipe.query_async(&mut conn).await.expect("planting a row");
     }
+}
+
+/// The pub/sub channel `store` publishes `topic`'s events on (for tests that
+/// find the shard serving it).
+pub fn channel(store: &crate::RedisStore, topic: &presence_core::Topic) -> String {
+    store.raw_keys().channel(topic)
+}
+
+/// Whether tests that start servers of their own can run: a `redis-server`
+/// binary is needed. `None` (after a loud message) when not, unless
+/// `PRESENCE_REQUIRE_REDIS=1`.
+pub fn can_start_servers() -> bool {
+    found("fault", &binary().map(|_| ())).is_some()
 }
