@@ -33,7 +33,10 @@ if #due == limit then
   end
 end
 local rows = remove(1, due, 'E')
--- The index keeps a lower bound of the oldest entry left.
+-- The index keeps the oldest entry left. It stays a lower bound of the
+-- topic's entries as long as the clock does not go backwards; if it does,
+-- entries stamped before the topic's index score are swept once
+-- older_than passes that score (late by at most the clock's step back).
 local oldest = redis.call('ZRANGE', s, 0, 0, 'WITHSCORES')
 if oldest[2] then
   redis.call('ZADD', i, oldest[2], topic)

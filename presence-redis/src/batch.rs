@@ -65,7 +65,15 @@ impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
                 running.spawn(async move {
                     let (inputs, replies): (Vec<Q>, Vec<_>) = batch.into_iter().unzip();
                     let count = inputs.len();
+                    let started = std::time::Instant::now();
                     let answers = run(inputs).await;
+                    let took_us = started.elapsed().as_micros() as u64;
+                    if kind == "touch" {
+                        // Heartbeats: never above trace.
+                        tracing::trace!(kind, size = count, took_us, "redis batch");
+                    } else {
+                        tracing::debug!(kind, size = count, took_us, "redis batch");
+                    }
                     if answers.len() == count {
                         for (reply, answer) in replies.into_iter().zip(answers) {
                             let _ = reply.send(answer);

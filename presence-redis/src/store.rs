@@ -219,8 +219,19 @@ impl Db {
             async move {
                 let mut topics = Topics::default();
                 let mut joins = Call::default();
+                // One server: the script writes the member indexes too.
+                let mut members_here: Vec<&MemberId> = Vec::new();
+                let mut member_numbers: HashMap<&MemberId, usize> = HashMap::new();
                 for &i in &members {
                     let r = &requests[i];
+                    let u = if self.cluster {
+                        0
+                    } else {
+                        *member_numbers.entry(&r.key.member).or_insert_with(|| {
+                            members_here.push(&r.key.member);
+                            members_here.len()
+                        })
+                    };
                     joins
                         .arg(topics.number(&r.key.topic))
                         .arg(&r.key.member)
@@ -228,11 +239,14 @@ impl Db {
                         .arg(r.meta.to_json())
                         .arg(r.now)
                         .arg(r.token)
-                        .arg(r.max_members.map_or(-1, i64::from));
+                        .arg(r.max_members.map_or(-1, i64::from))
+                        .arg(u);
                 }
                 let mut call = Call::default();
                 call.arg(self.publish);
                 topics.add_to(&self.keys, &mut call);
+                call.keys
+                    .extend(members_here.iter().map(|m| self.keys.member(m)));
                 call.args.append(&mut joins.args);
                 let answers = self.run("join", &SCRIPTS.join, call).await;
                 (members, answers)
@@ -273,12 +287,14 @@ impl Db {
                 }
             }
         }
-        // The second step: every entry joined is in its member's index.
+        // The second step (on a cluster; one server did it in the script):
+        // every entry joined is in its member's index.
         let mut changes = Vec::new();
         let mut changed = Vec::new();
         for (i, outcome) in outcomes.iter().enumerate() {
             if let Some(Ok((outcome, _, _, token))) = outcome
                 && outcome != b"full"
+                && self.cluster
             {
                 let key = &requests[i].key;
                 changes.push(IndexChange {
@@ -752,7 +768,7 @@ impl RedisStore {
         });
         let joins = {
             let db = db.clone();
-            Batcher::start("join", 2, max, move |requests| {
+            Batcher::start("join", 8, max, move |requests| {
                 let db = db.clone();
                 async move { db.join_batch(requests).await }
             })

@@ -21,6 +21,17 @@ use std::time::{Duration, Instant};
 use crate::RedisConfig;
 
 static SERVER: OnceLock<Result<String, String>> = OnceLock::new();
+
+/// Whether servers started here keep an append-only file (fsync every second).
+static DURABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes servers started by this process keep an append-only file synced
+/// every second, the configuration the crate recommends for production
+/// (benches want that; tests run without). Call before the first
+/// [`server_url`] or [`cluster_nodes`].
+pub fn prefer_durable_server() {
+    DURABLE.store(true, Ordering::Relaxed);
+}
 static CLUSTER: OnceLock<Result<Vec<String>, String>> = OnceLock::new();
 
 fn required() -> bool {
@@ -182,7 +193,11 @@ impl Server {
             format!("--port {}", self.port),
             "--bind 127.0.0.1".into(),
             "--save ''".into(),
-            "--appendonly no".into(),
+            if DURABLE.load(Ordering::Relaxed) {
+                "--appendonly yes --appendfsync everysec".into()
+            } else {
+                "--appendonly no".into()
+            },
             format!("--dir '{}'", self.dir.display()),
             "--protected-mode no".into(),
         ];
