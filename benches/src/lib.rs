@@ -146,6 +146,7 @@ pub fn bench_heartbeats_and_count(
     let heartbeats = {
         let _runtime = rt.enter();
         presence::Heartbeats::new(store.clone(), std::time::Duration::from_secs(3600))
+            .expect("a valid interval")
     };
     group.throughput(Throughput::Elements(sockets.len() as u64));
     group.sample_size(10);

@@ -9,7 +9,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use presence::{
@@ -18,7 +18,7 @@ use presence::{
 };
 use serde::Serialize;
 
-use crate::commands::{CliResult, check_positive};
+use crate::commands::{CliResult, Shutdown, check_positive};
 use crate::output::Printer;
 
 /// The demo's knobs.
@@ -117,6 +117,7 @@ pub async fn run(
     store_url: &str,
     demo: Demo,
     out: Printer,
+    shutdown: &mut Shutdown,
 ) -> CliResult<ExitCode> {
     let topic = demo.topic.clone();
     empty_room(&store, &topic).await?;
@@ -124,13 +125,13 @@ pub async fn run(
     let live = LiveMembers::start(store.clone(), topic.clone()).await?;
     let sweeper = {
         let tally = tally.clone();
-        Sweeper::new(store.clone(), demo.ttl)
+        Sweeper::new(store.clone(), demo.ttl)?
             .on_departures(move |gone| {
                 tally.swept.fetch_add(gone.len() as u64, Ordering::Relaxed);
             })
             .spawn()
     };
-    let tracker = Tracker::new(store.clone(), demo.ttl);
+    let tracker = Tracker::new(store.clone(), demo.ttl)?;
     out.note(&format!(
         "{} users with up to {} tabs each in {topic} for {}, TTL {}; each user acts every \
          50 to 400 ms, so the rate below is the simulation's pace, not the store's limit \
@@ -143,14 +144,19 @@ pub async fn run(
 
     let started = Instant::now();
     let deadline = started + demo.duration;
+    // Set by Ctrl-C / SIGTERM: the users close their tabs and the demo ends
+    // early, with its summary.
+    let stopping = Arc::new(AtomicBool::new(false));
     let mut users = tokio::task::JoinSet::new();
     for user in 0..demo.users {
         let tracker = tracker.clone();
         let topic = topic.clone();
         let tally = tally.clone();
-        users.spawn(simulate_user(
-            tracker, topic, user, demo.tabs, deadline, tally,
-        ));
+        let until = Until {
+            deadline,
+            stopping: stopping.clone(),
+        };
+        users.spawn(simulate_user(tracker, topic, user, demo.tabs, until, tally));
     }
 
     let mut peak = (0, 0);
@@ -158,7 +164,14 @@ pub async fn run(
     ticks.tick().await;
     let mut last_writes = 0;
     while Instant::now() < deadline {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = shutdown.requested() => {
+                out.note("stopping: closing every tab");
+                stopping.store(true, Ordering::Relaxed);
+                break;
+            }
+        }
         let counts = live.counts();
         peak = (peak.0.max(counts.members), peak.1.max(counts.connections));
         let writes = tally.writes();
@@ -177,16 +190,20 @@ pub async fn run(
         done?;
     }
     let seconds = started.elapsed().as_secs_f64();
-    drop(sweeper);
+    sweeper.close().await;
+    // Every guard has left or was abandoned; this waits for nothing more,
+    // but is what an app does on shutdown.
+    tracker.close().await;
 
     // Crashed tabs are still in the room until swept; the live view must
     // agree with the store on exactly who that is.
     live.settled().await;
     let stored = store.members(&topic).await?;
     let matches = presence::Member::same_presence(&live.members(), &stored);
+    live.close().await;
 
     let summary = Summary {
-        store: crate::output::redact(store_url),
+        store: presence::redact(store_url),
         topic: topic.to_string(),
         users: demo.users,
         max_tabs: demo.tabs,
@@ -218,6 +235,18 @@ async fn empty_room(store: &Arc<dyn PresenceStore>, topic: &Topic) -> presence::
         .map(drop)
 }
 
+/// When the users stop: at the deadline, or when the demo is interrupted.
+struct Until {
+    deadline: Instant,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Until {
+    fn running(&self) -> bool {
+        Instant::now() < self.deadline && !self.stopping.load(Ordering::Relaxed)
+    }
+}
+
 /// One user: opens and closes tabs at random until the deadline, then
 /// closes the rest.
 async fn simulate_user(
@@ -225,7 +254,7 @@ async fn simulate_user(
     topic: Topic,
     user: u32,
     max_tabs: u32,
-    deadline: Instant,
+    until: Until,
     tally: Arc<Tally>,
 ) {
     let mut rng = fastrand::Rng::with_seed(u64::from(user));
@@ -234,7 +263,7 @@ async fn simulate_user(
     let mut next_tab = 0u32;
     // Users arrive over the first second.
     tokio::time::sleep(Duration::from_millis(rng.u64(0..1000))).await;
-    while Instant::now() < deadline {
+    while until.running() {
         let roll = rng.u32(0..100);
         if tabs.len() < max_tabs as usize && (tabs.is_empty() || roll < 35) {
             let key = PresenceKey::new(topic.clone(), member.as_str(), format!("tab-{next_tab}"))

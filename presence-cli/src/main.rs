@@ -16,8 +16,9 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "presence", version)]
 pub struct Cli {
-    /// The store: memory://, sqlite://PATH, sqlite::memory: or
-    /// postgres://USER@HOST/DB[?schema=NAME].
+    /// The store: memory://, sqlite://PATH, sqlite::memory:,
+    /// postgres://USER@HOST/DB[?schema=NAME] or a key=value Postgres string
+    /// (parameters: see the README). Never printed with its password.
     #[arg(
         long,
         env = "PRESENCE_STORE",
@@ -123,12 +124,27 @@ pub enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Warnings of the stores and helpers (a failing sweep, a lost
+    // connection) go to stderr; RUST_LOG changes what is shown, e.g.
+    // RUST_LOG=presence_sqlite=debug.
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .with_default_directive(tracing_subscriber::filter::LevelFilter::WARN.into())
+        .from_env_lossy();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(true)
+        .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => return output::fail(&error),
     };
-    match runtime.block_on(commands::run(cli)) {
+    let code = match runtime.block_on(commands::run(cli)) {
         Ok(code) => code,
-        Err(error) => output::fail(&error),
-    }
+        Err(error) => output::fail(&*error),
+    };
+    // The store was closed by `run`; nothing is left running.
+    drop(runtime);
+    code
 }

@@ -15,10 +15,25 @@ pub struct Printer {
     pub json: bool,
 }
 
-/// Prints `error: ...` on one line and returns the failure exit code.
-pub fn fail(error: &dyn std::fmt::Display) -> ExitCode {
-    let line = error.to_string().replace('\n', " ");
-    let _ = writeln!(io::stderr(), "error: {line}");
+/// Prints `error: ...` with every cause, on one line (a driver's top line
+/// is often only "db error"), and returns the failure exit code.
+pub fn fail(error: &(dyn std::error::Error + 'static)) -> ExitCode {
+    let line = match error.downcast_ref::<presence::Error>() {
+        Some(error) => error.chain().to_string(),
+        None => {
+            let mut line = error.to_string();
+            let mut cause = error.source();
+            while let Some(error) = cause {
+                let text = error.to_string();
+                if !line.ends_with(&text) {
+                    line = format!("{line}: {text}");
+                }
+                cause = error.source();
+            }
+            line
+        }
+    };
+    let _ = writeln!(io::stderr(), "error: {}", line.replace('\n', " "));
     ExitCode::FAILURE
 }
 
@@ -232,40 +247,11 @@ impl Printer {
     /// The result of `migrate`.
     pub fn migrated(&self, url: &str) -> io::Result<()> {
         if self.json {
-            return print_json(&json!({ "store": redact(url), "migrated": true }));
+            return print_json(&json!({ "store": presence::redact(url), "migrated": true }));
         }
-        print(format_args!("the schema of {} is up to date", redact(url)))
-    }
-}
-
-/// The store URL without its password, for printing.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) if userinfo.contains(':') => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}{tail}")
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn redacts_only_the_password() {
-        assert_eq!(
-            redact("postgres://app:s3cret@db:5432/main?schema=p"),
-            "postgres://app:***@db:5432/main?schema=p"
-        );
-        assert_eq!(redact("postgres://app@db/main"), "postgres://app@db/main");
-        assert_eq!(redact("sqlite://presence.db"), "sqlite://presence.db");
-        assert_eq!(redact("sqlite::memory:"), "sqlite::memory:");
+        print(format_args!(
+            "the schema of {} is up to date",
+            presence::redact(url)
+        ))
     }
 }

@@ -86,7 +86,7 @@ impl Running {
     fn start(mut command: Command) -> Self {
         let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start presence");
         let stdout = child.stdout.take().unwrap();
@@ -103,19 +103,54 @@ impl Running {
     }
 
     /// The next line that parses as JSON and satisfies `wanted`.
-    fn wait_for(&self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+    fn wait_for(&mut self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no line with {what} within 20 s"));
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                let status = self.child.try_wait().unwrap();
+                let mut stderr = String::new();
+                if status.is_some()
+                    && let Some(mut pipe) = self.child.stderr.take()
+                {
+                    std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
+                }
+                panic!("no line with {what} within 20 s (exit: {status:?}; stderr: {stderr})");
+            };
             let value: Value = serde_json::from_str(&line).expect("each line is JSON");
             if wanted(&value) {
                 return value;
             }
         }
+    }
+}
+
+impl Running {
+    /// Sends `signal` (`TERM`, `INT`) and waits (up to 20 s) for the exit;
+    /// returns whether it exited with success and what it wrote on stderr.
+    fn stop_with(mut self, signal: &str) -> (bool, String) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal} {pid}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running 20 s after SIG{signal}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
+        }
+        (status.success(), stderr)
     }
 }
 
@@ -239,7 +274,7 @@ fn the_store_comes_from_the_environment() {
 fn sweeper_reports_expired_entries_as_they_go() {
     let store = Store::new();
     store.ok(&["migrate"]);
-    let sweeper =
+    let mut sweeper =
         Running::start(store.command(&["sweeper", "--ttl", "200ms", "--every", "50ms", "--json"]));
     store.ok(&["join", "room", "ghost", "--connection", "tab"]);
     let departure = sweeper.wait_for("the ghost's departure", |line| {
@@ -254,7 +289,7 @@ fn sweeper_reports_expired_entries_as_they_go() {
 fn watch_prints_joins_and_leaves_of_other_processes() {
     let store = Store::new();
     store.ok(&["join", "room", "early"]);
-    let watch = Running::start(store.command(&["watch", "room", "--poll", "50ms", "--json"]));
+    let mut watch = Running::start(store.command(&["watch", "room", "--poll", "50ms", "--json"]));
     let state = watch.wait_for("the state", |line| line["type"] == "state");
     assert_eq!(member_names(&state["members"]), ["early"]);
 
@@ -305,14 +340,14 @@ fn bad_input_is_one_line_and_changes_nothing() {
     assert_eq!(store.json(&["members", "room"]), before, "nothing changed");
 
     let unknown = Command::new(env!("CARGO_BIN_EXE_presence"))
-        .args(["--store", "redis://localhost", "count", "room"])
+        .args(["--store", "gopher://localhost", "count", "room"])
         .output()
         .unwrap();
     assert!(!unknown.status.success());
     let line = String::from_utf8(unknown.stderr).unwrap();
     assert_eq!(line.lines().count(), 1);
     assert!(
-        line.contains("invalid url") && line.contains("\"redis\""),
+        line.contains("invalid url") && line.contains("\"gopher\""),
         "{line}"
     );
 
@@ -333,4 +368,100 @@ fn a_file_that_is_not_a_database_is_refused_and_kept() {
         b"not a database at all, just text"
     );
     assert!(Path::new(&store.path()).exists());
+}
+
+#[test]
+fn sigterm_and_ctrl_c_end_running_commands_cleanly() {
+    let store = Store::new();
+    store.ok(&["join", "room", "early"]);
+    for signal in ["TERM", "INT"] {
+        let mut sweeper = Running::start(
+            store.command(&["sweeper", "--ttl", "200ms", "--every", "20ms", "--json"]),
+        );
+        store.ok(&["join", "room", "ghost"]);
+        sweeper.wait_for("the ghost's departure", |line| {
+            line["entry"]["key"]["member"] == "ghost"
+        });
+        let (clean, stderr) = sweeper.stop_with(signal);
+        assert!(clean && stderr.is_empty(), "sweeper, SIG{signal}: {stderr}");
+    }
+    // `watch` on SQLite with a fast poll used to panic now and then when
+    // stopped ("Task has been cancelled"): stop it many times mid-read.
+    for round in 0..30 {
+        let mut watch =
+            Running::start(store.command(&["watch", "room", "--poll", "1ms", "--json"]));
+        watch.wait_for("the state", |line| line["type"] == "state");
+        let signal = if round % 2 == 0 { "INT" } else { "TERM" };
+        let (clean, stderr) = watch.stop_with(signal);
+        assert!(clean && stderr.is_empty(), "watch, round {round}: {stderr}");
+    }
+}
+
+#[test]
+fn errors_print_their_cause_and_never_a_secret() {
+    let store = Store::new();
+    for url in [
+        // Nothing listens on port 1: the driver's cause must be printed.
+        "postgres://app:s3cret@127.0.0.1:1/db?connect_timeout=2",
+        "host=127.0.0.1 port=1 user=app password=s3cret connect_timeout=2",
+        "gopher://app:s3cret@localhost/x",
+        "postgres://app:s3cret@[::1/db",
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_presence"))
+            .args(["--store", url, "count", "room"])
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{url}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{url}: {stderr}");
+        assert!(
+            !stderr.contains("s3cret"),
+            "{url} printed its password: {stderr}"
+        );
+        if url.contains("127.0.0.1:1") || url.contains("port=1") {
+            assert!(
+                stderr.to_lowercase().contains("connection refused"),
+                "{url}: the cause is missing: {stderr}"
+            );
+        }
+    }
+    drop(store);
+}
+
+#[test]
+fn a_failing_sweeper_says_so_each_time_and_keeps_trying() {
+    let store = Store::new();
+    store.ok(&["migrate"]);
+    let url = format!("{}?busy_timeout=50ms", store.url());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_presence"));
+    command
+        .args([
+            "--store", &url, "sweeper", "--ttl", "300ms", "--every", "50ms", "--json",
+        ])
+        .env_remove("PRESENCE_STORE")
+        .env_remove("RUST_LOG");
+    let mut sweeper = Running::start(command);
+    store.ok(&["join", "room", "first"]);
+    sweeper.wait_for("the first departure", |line| {
+        line["entry"]["key"]["member"] == "first"
+    });
+    // Another process holds the write lock: every sweep fails meanwhile.
+    let blocker = rusqlite::Connection::open(store.path()).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    std::thread::sleep(Duration::from_millis(1_500));
+    blocker.execute_batch("ROLLBACK").unwrap();
+    // Once the lock is gone, sweeps work again.
+    store.ok(&["join", "room", "ghost"]);
+    sweeper.wait_for("the ghost's departure", |line| {
+        line["entry"]["key"]["member"] == "ghost"
+    });
+    let (clean, stderr) = sweeper.stop_with("TERM");
+    assert!(clean, "{stderr}");
+    let failures = stderr.matches("presence sweep failed").count();
+    assert!(failures >= 2, "each failed sweep is reported: {stderr}");
+    assert!(
+        stderr.contains("locked") || stderr.contains("busy"),
+        "the cause is printed: {stderr}"
+    );
+    assert!(stderr.contains("succeed again"), "{stderr}");
 }

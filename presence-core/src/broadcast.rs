@@ -249,6 +249,12 @@ impl Drop for Subscription {
             subscribers.retain(|other| !Arc::ptr_eq(other, &self.subscriber));
             if subscribers.is_empty() {
                 state.topics.remove(&self.topic);
+                // The map keeps the room of its busiest moment; give it back
+                // once most of it is empty (amortized: it halves at most).
+                let (len, capacity) = (state.topics.len(), state.topics.capacity());
+                if capacity > 64 && len * 4 < capacity {
+                    state.topics.shrink_to(len * 2);
+                }
             }
         }
     }

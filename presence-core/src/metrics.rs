@@ -55,8 +55,6 @@ pub fn reason_label(reason: Reason) -> &'static str {
 
 #[cfg(feature = "metrics")]
 mod record {
-    use super::*;
-
     pub(super) fn count(name: &'static str, labels: &[(&'static str, &'static str)], n: u64) {
         if n > 0 {
             let labels: Vec<::metrics::Label> = labels

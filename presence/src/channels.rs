@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
+use crate::sync;
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
 use presence_core::{
@@ -16,8 +17,11 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_util::sync::CancellationToken;
 
-use crate::{LiveMembers, LiveUpdate, Tracked, Tracker};
+use crate::sweeper::positive;
+use crate::tracker::Group;
+use crate::{LiveMembers, LiveUpdate, Tracked, Tracker, TrackerConfig};
 
 /// Who may do something in a channel.
 #[derive(Clone)]
@@ -236,6 +240,13 @@ struct Inner {
     /// Topics entered through these channels, with their TTL and when they
     /// were last entered, for `sweep_expired`.
     entered: Mutex<HashMap<Topic, (Duration, Timestamp)>>,
+    /// How often rooms re-read their topic when the store's events are not
+    /// complete (`PresenceStore::events_are_complete`).
+    refresh_every: Duration,
+    /// The guards made by `track`, closed together by `close`.
+    trackers: Arc<Group>,
+    /// Cancelled by `close`.
+    closing: CancellationToken,
 }
 
 #[derive(Clone)]
@@ -310,7 +321,7 @@ impl Enrichment {
     }
 
     fn turn(&self, topic: &Topic) -> Arc<tokio::sync::Mutex<()>> {
-        let mut turns = self.turns.lock().unwrap();
+        let mut turns = sync::lock(&self.turns);
         turns.prune(|_, turn| Arc::strong_count(turn) > 1);
         turns.map.entry(topic.clone()).or_default().clone()
     }
@@ -327,6 +338,9 @@ impl Channels {
                 configs: Mutex::default(),
                 rooms: Mutex::default(),
                 entered: Mutex::default(),
+                refresh_every: Duration::from_secs(2),
+                trackers: Arc::default(),
+                closing: CancellationToken::new(),
             }),
         }
     }
@@ -350,6 +364,9 @@ impl Channels {
                 configs: Mutex::default(),
                 rooms: Mutex::default(),
                 entered: Mutex::default(),
+                refresh_every: self.inner.refresh_every,
+                trackers: Arc::default(),
+                closing: CancellationToken::new(),
             });
         }
         Arc::get_mut(&mut self.inner).expect("just made unique")
@@ -424,6 +441,37 @@ impl Channels {
         Ok(self)
     }
 
+    /// How often the shared room behind [`subscribe`](Self::subscribe)
+    /// re-reads its topic on a store whose events miss other processes'
+    /// changes (a SQLite file several processes write; default 2 s). Stores
+    /// whose events are complete are never re-read.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] naming `refresh_every` when it is zero.
+    pub fn refresh_every(mut self, every: Duration) -> Result<Self> {
+        let every = positive("refresh_every", every)?;
+        self.inner_mut().refresh_every = every;
+        Ok(self)
+    }
+
+    /// On shutdown: makes every [`track`](Self::track) guard leave and waits
+    /// for it, ends every [`subscribe`](Self::subscribe) stream and stops
+    /// the rooms behind them. Afterwards every call fails with
+    /// `Error::Closed`. The store is not closed: close it after this.
+    pub async fn close(&self) {
+        self.inner.closing.cancel();
+        self.inner.trackers.close().await;
+        let rooms: Vec<Arc<Room>> = sync::lock(&self.inner.rooms)
+            .map
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for room in rooms {
+            room.close().await;
+        }
+    }
+
     /// Caches resolved configs and enriched records for `period` instead.
     pub fn cache_for(mut self, period: Duration) -> Self {
         self.inner_mut().cache_for = period;
@@ -465,7 +513,18 @@ impl Channels {
     /// sweep and leaves when dropped.
     pub async fn track(&self, viewer: &MemberId, key: PresenceKey, meta: Meta) -> Result<Tracked> {
         let config = self.may_enter(viewer, &key).await?;
-        let tracker = Tracker::new(self.inner.store.clone(), config.ttl);
+        let tracker = Tracker::in_group(
+            self.inner.store.clone(),
+            TrackerConfig::new(config.ttl),
+            self.inner.trackers.clone(),
+        )
+        .map_err(|error| match error {
+            Error::InvalidInput { reason, .. } => Error::invalid(
+                "ttl",
+                format!("the channel config of {:?}: {reason}", key.topic),
+            ),
+            other => other,
+        })?;
         let topic = key.topic.clone();
         let tracked = match config.max_members {
             Some(max) => tracker.track_limited(key, meta, max).await?,
@@ -539,11 +598,13 @@ impl Channels {
     pub async fn subscribe(&self, viewer: &MemberId, topic: &Topic) -> Result<ChannelUpdates> {
         let (route, config) = self.visible(viewer, topic).await?;
         let room = self.room(route, topic).await?;
-        let updates = room.updates();
+        let updates = room
+            .updates()
+            .take_until(self.inner.closing.clone().cancelled_owned());
         Ok(if config.count_only {
             updates.map(ChannelUpdate::counts_only).boxed()
         } else {
-            updates
+            updates.boxed()
         })
     }
 
@@ -553,11 +614,7 @@ impl Channels {
     pub async fn sweep_expired(&self, fallback_ttl: Duration) -> Result<Vec<Departure>> {
         let store = &self.inner.store;
         let started = store.clock().now();
-        let entered: Vec<(Topic, Duration)> = self
-            .inner
-            .entered
-            .lock()
-            .unwrap()
+        let entered: Vec<(Topic, Duration)> = sync::lock(&self.inner.entered)
             .iter()
             .map(|(topic, (ttl, _))| (topic.clone(), *ttl))
             .collect();
@@ -570,7 +627,7 @@ impl Channels {
                 store.count(&topic).await?.connections == 0
             };
             if done {
-                let mut entered = self.inner.entered.lock().unwrap();
+                let mut entered = sync::lock(&self.inner.entered);
                 // Unless someone entered meanwhile.
                 if entered.get(&topic).is_some_and(|(_, at)| *at < started) {
                     entered.remove(&topic);
@@ -583,11 +640,7 @@ impl Channels {
 
     fn entered(&self, topic: &Topic, ttl: Duration) {
         let now = self.inner.store.clock().now();
-        self.inner
-            .entered
-            .lock()
-            .unwrap()
-            .insert(topic.clone(), (ttl, now));
+        sync::lock(&self.inner.entered).insert(topic.clone(), (ttl, now));
     }
 
     async fn may_enter(&self, viewer: &MemberId, key: &PresenceKey) -> Result<Arc<ChannelConfig>> {
@@ -608,6 +661,11 @@ impl Channels {
         viewer: &MemberId,
         topic: &Topic,
     ) -> Result<(Arc<Route>, Arc<ChannelConfig>)> {
+        if self.inner.closing.is_cancelled() {
+            return Err(Error::Closed {
+                backend: "channels",
+            });
+        }
         let not_found = || Error::NotFound {
             topic: topic.clone(),
         };
@@ -629,7 +687,7 @@ impl Channels {
     async fn resolve(&self, route: &Route, topic: &Topic) -> Option<Arc<ChannelConfig>> {
         let now = self.inner.store.clock().now();
         let slot = {
-            let mut configs = self.inner.configs.lock().unwrap();
+            let mut configs = sync::lock(&self.inner.configs);
             // Keep what is fresh, and what someone is resolving right now.
             configs.prune(|_, slot| {
                 slot.try_lock().map_or(true, |cached| {
@@ -674,7 +732,7 @@ impl Channels {
         let now = self.inner.store.clock().now();
         let fresh_after = now - self.inner.cache_for;
         let missing: Vec<MemberId> = {
-            let records = enrichment.records.lock().unwrap();
+            let records = sync::lock(&enrichment.records);
             members
                 .iter()
                 .filter(|m| {
@@ -691,7 +749,7 @@ impl Channels {
         } else {
             (enrichment.enrich)(missing.clone()).await?
         };
-        let mut records = enrichment.records.lock().unwrap();
+        let mut records = sync::lock(&enrichment.records);
         records.prune(|_, (at, _)| *at > fresh_after);
         for id in missing {
             let record = found.remove(&id).unwrap_or(Value::Null);
@@ -711,11 +769,7 @@ impl Channels {
 
     /// The topic's shared room, opened if no subscriber holds it.
     async fn room(&self, route: Arc<Route>, topic: &Topic) -> Result<Arc<Room>> {
-        if let Some(room) = self
-            .inner
-            .rooms
-            .lock()
-            .unwrap()
+        if let Some(room) = sync::lock(&self.inner.rooms)
             .map
             .get(topic)
             .and_then(Weak::upgrade)
@@ -723,7 +777,7 @@ impl Channels {
             return Ok(room);
         }
         let room = Room::open(self.clone(), route, topic.clone()).await?;
-        let mut rooms = self.inner.rooms.lock().unwrap();
+        let mut rooms = sync::lock(&self.inner.rooms);
         // Another subscriber may have opened it meanwhile: share theirs.
         if let Some(theirs) = rooms.map.get(topic).and_then(Weak::upgrade) {
             return Ok(theirs);
@@ -770,7 +824,12 @@ struct Room {
 
 impl Room {
     async fn open(channels: Channels, route: Arc<Route>, topic: Topic) -> Result<Arc<Room>> {
-        let live = LiveMembers::start(channels.inner.store.clone(), topic).await?;
+        let live = LiveMembers::follow(
+            channels.inner.store.clone(),
+            topic,
+            channels.inner.refresh_every,
+        )
+        .await?;
         let mut updates = live.updates();
         let room = Arc::new(Room {
             state: RwLock::default(),
@@ -790,7 +849,7 @@ impl Room {
                 // A change that could not be enriched is not lost: send the
                 // whole list instead, once the enricher answers again.
                 while let Err(error) = room.apply(&channels, &route, update).await {
-                    tracing::warn!(%error, "enriching a channel update failed; retrying with the whole list");
+                    tracing::warn!(error = %error.chain(), "enriching a channel update failed; retrying with the whole list");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     update = LiveUpdate::State {
@@ -800,7 +859,7 @@ impl Room {
                 }
             }
         });
-        *room.task.lock().unwrap() = Some(task);
+        *sync::lock(&room.task) = Some(task);
         Ok(room)
     }
 
@@ -809,7 +868,7 @@ impl Room {
         match update {
             LiveUpdate::State { members, counts } => {
                 let members = channels.enriched(route, members).await?;
-                let mut state = self.state.write().unwrap();
+                let mut state = sync::write(&self.state);
                 state.members = members
                     .iter()
                     .map(|m| (m.member.member.clone(), m.clone()))
@@ -820,7 +879,7 @@ impl Room {
             LiveUpdate::Diff(diff) => {
                 let joins = channels.enriched(route, diff.joins).await?;
                 let leaves: Vec<MemberId> = diff.leaves.into_iter().map(|m| m.member).collect();
-                let mut state = self.state.write().unwrap();
+                let mut state = sync::write(&self.state);
                 for member in &leaves {
                     state.members.remove(member);
                 }
@@ -841,7 +900,16 @@ impl Room {
     }
 
     fn snapshot(&self) -> ChannelUpdate {
-        self.state.read().unwrap().snapshot()
+        sync::read(&self.state).snapshot()
+    }
+
+    /// Stops the room's task (and the live list it owns).
+    async fn close(&self) {
+        let task = sync::lock(&self.task).take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
     }
 
     /// The state now, then every update; a reader that falls behind gets
@@ -849,7 +917,7 @@ impl Room {
     fn updates(self: Arc<Self>) -> ChannelUpdates {
         let (first, receiver) = {
             // Under the lock updates are sent under: nothing falls between.
-            let state = self.state.read().unwrap();
+            let state = sync::read(&self.state);
             (state.snapshot(), self.updates.subscribe())
         };
         let room = self.clone();
@@ -885,7 +953,12 @@ impl RoomState {
 
 impl Drop for Room {
     fn drop(&mut self) {
-        if let Some(task) = self.task.get_mut().unwrap().take() {
+        if let Some(task) = self
+            .task
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
             task.abort();
         }
     }

@@ -1,57 +1,212 @@
-//! Opening a store from a URL.
+//! Opening a store from a URL, with typed options beside it.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use presence_core::{Error, PresenceStore, Result};
+use presence_core::{Clock, Error, PresenceStore, Result};
+use url::form_urlencoded;
 
 /// The store URL forms [`connect`] understands, for error messages.
-const URL_FORMS: &str =
-    "memory://, sqlite://PATH, sqlite::memory: or postgres://USER@HOST/DB[?schema=NAME]";
+const URL_FORMS: &str = "memory://, sqlite://PATH, sqlite::memory:, postgres://USER@HOST/DB \
+     (or a key=value Postgres string), redis://HOST, rediss://HOST or redis+cluster://HOST1,HOST2";
 
-/// Which backend a URL names, and what it says about the store.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum StoreUrl {
-    /// `memory://`
-    Memory,
-    /// `sqlite://PATH` or `sqlite:PATH`.
-    SqliteFile(String),
-    /// `sqlite::memory:`
-    SqliteMemory,
-    /// `postgres://...` or `postgresql://...`, with the `schema` parameter
-    /// taken out of the query.
-    Postgres {
-        /// The URL handed to the driver.
-        url: String,
-        /// The `schema` query parameter, if given.
-        schema: Option<String>,
-    },
+/// Settings every store takes, whatever its backend, for code that tests
+/// against `memory://` and runs on another URL in production. A setting
+/// given here wins over the same parameter in the URL; `None` keeps the
+/// URL's value or the backend's default.
+///
+/// ```
+/// # async fn run() -> presence::Result<()> {
+/// use std::sync::Arc;
+/// use presence::{ConnectOptions, ManualClock, Timestamp};
+///
+/// let clock = ManualClock::new(Timestamp::from_millis(1_000));
+/// let options = ConnectOptions {
+///     clock: Some(Arc::new(clock.clone())),
+///     max_meta_bytes: Some(512),
+///     ..ConnectOptions::default()
+/// };
+/// let store = presence::connect_with("memory://", options).await?;
+/// assert_eq!(store.max_meta_bytes(), 512);
+/// assert_eq!(store.clock().now(), Timestamp::from_millis(1_000));
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ConnectOptions {
+    /// Where timestamps come from (default: the system clock).
+    pub clock: Option<Arc<dyn Clock>>,
+    /// The largest meta accepted, serialized, in bytes (default 4096; URL
+    /// parameter `max_meta_bytes`).
+    pub max_meta_bytes: Option<usize>,
+    /// Events kept per subscriber before it gets `Resync` (default 1024;
+    /// URL parameter `event_buffer`).
+    pub event_buffer: Option<usize>,
 }
 
+/// What a URL says about the store, backend by backend. Parsed the same
+/// whatever features are on, so a URL for a backend left out of the build
+/// gets the "enable the feature" error, not a parse error.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum StoreUrl {
+    /// `memory://`
+    Memory(Common, MemorySettings),
+    /// `sqlite://PATH` or `sqlite:PATH`.
+    SqliteFile(PathBuf, Common, SqliteSettings),
+    /// `sqlite::memory:`
+    SqliteMemory(Common, SqliteSettings),
+    /// `postgres://...`, `postgresql://...` or a key=value string, our
+    /// parameters taken out and the rest left for the driver.
+    Postgres(Common, PostgresSettings),
+}
+
+/// The parameters every backend takes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Common {
+    pub(crate) max_meta_bytes: Option<usize>,
+    pub(crate) event_buffer: Option<usize>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct MemorySettings {
+    pub(crate) shards: Option<usize>,
+}
+
+/// How a SQLite file is opened (`mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) enum SqliteMode {
+    /// Create the file if it is missing (default).
+    #[default]
+    ReadWriteCreate,
+    /// The file must exist.
+    ReadWrite,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct SqliteSettings {
+    pub(crate) mode: SqliteMode,
+    pub(crate) busy_timeout: Option<Duration>,
+    pub(crate) table_prefix: Option<String>,
+    pub(crate) read_connections: Option<usize>,
+    pub(crate) max_group: Option<usize>,
+    pub(crate) checkpoint_pages: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct PostgresSettings {
+    /// The connection string handed to the driver, without our parameters.
+    pub(crate) url: String,
+    pub(crate) schema: Option<String>,
+    pub(crate) pool_size: Option<usize>,
+}
+
+/// The query parameters of one URL, each taken at most once; what is left
+/// at the end is unknown.
+struct Params {
+    scheme: &'static str,
+    pairs: Vec<(String, String)>,
+}
+
+impl Params {
+    fn new(scheme: &'static str, query: &str) -> Result<Self> {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            if pairs.iter().any(|(k, _)| *k == key) {
+                return Err(Error::invalid(
+                    "url",
+                    format!("parameter {key:?} is given twice"),
+                ));
+            }
+            pairs.push((key.into_owned(), value.into_owned()));
+        }
+        Ok(Self { scheme, pairs })
+    }
+
+    fn take(&mut self, key: &str) -> Option<String> {
+        let at = self.pairs.iter().position(|(k, _)| k == key)?;
+        Some(self.pairs.remove(at).1)
+    }
+
+    fn number<T>(&mut self, key: &'static str, min: T) -> Result<Option<T>>
+    where
+        T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+    {
+        let Some(text) = self.take(key) else {
+            return Ok(None);
+        };
+        match text.parse::<T>() {
+            Ok(value) if value >= min => Ok(Some(value)),
+            _ => Err(Error::invalid(
+                key,
+                format!("{text:?} is not a whole number of at least {min} (URL parameter {key})"),
+            )),
+        }
+    }
+
+    fn duration(&mut self, key: &'static str) -> Result<Option<Duration>> {
+        let Some(text) = self.take(key) else {
+            return Ok(None);
+        };
+        humantime::parse_duration(&text).map(Some).map_err(|error| {
+            Error::invalid(
+                key,
+                format!("{text:?} is not a duration such as 5s or 250ms: {error}"),
+            )
+        })
+    }
+
+    fn common(&mut self) -> Result<Common> {
+        Ok(Common {
+            max_meta_bytes: self.number("max_meta_bytes", 2)?,
+            event_buffer: self.number("event_buffer", 1)?,
+        })
+    }
+
+    /// Refuses whatever was not taken, naming it.
+    fn finish(self, known: &[&str]) -> Result<()> {
+        match self.pairs.first() {
+            None => Ok(()),
+            Some((key, _)) => Err(Error::invalid(
+                "url",
+                format!(
+                    "unknown parameter {key:?} for {}:// (known: {})",
+                    self.scheme,
+                    known.join(", ")
+                ),
+            )),
+        }
+    }
+}
+
+const COMMON: [&str; 2] = ["max_meta_bytes", "event_buffer"];
+
 impl StoreUrl {
-    /// Reads a store URL; the error names the field `url`.
+    /// Reads a store URL; errors name the field `url`, or the parameter
+    /// whose value is wrong.
     pub(crate) fn parse(url: &str) -> Result<Self> {
         let url = url.trim();
         if let Some(rest) = url.strip_prefix("memory:") {
-            return match rest.trim_start_matches('/') {
-                "" => Ok(StoreUrl::Memory),
-                _ => Err(Error::invalid("url", "memory:// takes no path")),
+            let rest = rest.strip_prefix("//").unwrap_or(rest);
+            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+            if !path.is_empty() {
+                return Err(Error::invalid("url", "memory:// takes no path"));
+            }
+            let mut params = Params::new("memory", query)?;
+            let common = params.common()?;
+            let settings = MemorySettings {
+                shards: params.number("shards", 1)?,
             };
-        }
-        if url == "sqlite::memory:" {
-            return Ok(StoreUrl::SqliteMemory);
+            params.finish(&[COMMON[0], COMMON[1], "shards"])?;
+            return Ok(StoreUrl::Memory(common, settings));
         }
         if let Some(rest) = url.strip_prefix("sqlite:") {
-            let path = rest.strip_prefix("//").unwrap_or(rest);
-            if path.is_empty() {
-                return Err(Error::invalid(
-                    "url",
-                    "sqlite:// needs a file path (sqlite://presence.db) or sqlite::memory:",
-                ));
-            }
-            return Ok(StoreUrl::SqliteFile(path.to_owned()));
+            return Self::sqlite(rest);
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(split_schema(url));
+            return Self::postgres_url(url);
+        }
+        if !url.contains("://") && url.contains('=') {
+            return Self::postgres_key_values(url);
         }
         let scheme = url.split(':').next().unwrap_or_default();
         Err(Error::invalid(
@@ -60,42 +215,273 @@ impl StoreUrl {
         ))
     }
 
-    /// The Cargo feature of `presence` that builds this URL's backend.
+    fn sqlite(rest: &str) -> Result<Self> {
+        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let mut params = Params::new("sqlite", query)?;
+        let common = params.common()?;
+        let mode = match params.take("mode").as_deref() {
+            None | Some("rwc") => SqliteMode::ReadWriteCreate,
+            Some("rw") => SqliteMode::ReadWrite,
+            Some("ro") => {
+                return Err(Error::invalid(
+                    "mode",
+                    "mode=ro is not supported: a presence store writes (joins, heartbeats, \
+                     sweeps); use mode=rw to require an existing file",
+                ));
+            }
+            Some(other) => {
+                return Err(Error::invalid(
+                    "mode",
+                    format!("{other:?} is not a mode: rwc (the default) or rw"),
+                ));
+            }
+        };
+        let settings = SqliteSettings {
+            mode,
+            busy_timeout: params.duration("busy_timeout")?,
+            table_prefix: params.take("table_prefix"),
+            read_connections: params.number("read_connections", 1)?,
+            max_group: params.number("max_group", 1)?,
+            checkpoint_pages: params.number("checkpoint_pages", 1)?,
+        };
+        params.finish(&[
+            COMMON[0],
+            COMMON[1],
+            "mode",
+            "busy_timeout",
+            "table_prefix",
+            "read_connections",
+            "max_group",
+            "checkpoint_pages",
+        ])?;
+        if location == ":memory:" {
+            if settings.mode != SqliteMode::ReadWriteCreate {
+                return Err(Error::invalid("mode", "sqlite::memory: has no file"));
+            }
+            return Ok(StoreUrl::SqliteMemory(common, settings));
+        }
+        let path = location.strip_prefix("//").unwrap_or(location);
+        if path.is_empty() {
+            return Err(Error::invalid(
+                "url",
+                "sqlite:// needs a file path (sqlite://presence.db) or sqlite::memory:",
+            ));
+        }
+        let decoded = percent_encoding::percent_decode_str(path)
+            .decode_utf8()
+            .map_err(|_| Error::invalid("url", "the SQLite path is not UTF-8 once decoded"))?;
+        Ok(StoreUrl::SqliteFile(
+            PathBuf::from(decoded.as_ref()),
+            common,
+            settings,
+        ))
+    }
+
+    fn postgres_url(text: &str) -> Result<Self> {
+        let mut url = url::Url::parse(text).map_err(|error| {
+            Error::invalid(
+                "url",
+                format!("is not a valid Postgres URL ({error}): {}", redact(text)),
+            )
+        })?;
+        let mut params = Params::new("postgres", url.query().unwrap_or(""))?;
+        let common = params.common()?;
+        let schema = params.take("schema");
+        let pool_size = params.number("pool_size", 1)?;
+        // The rest are the driver's (sslmode, connect_timeout, ...); it
+        // refuses the ones it does not know.
+        if params.pairs.is_empty() {
+            url.set_query(None);
+        } else {
+            let rest = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(&params.pairs)
+                .finish();
+            url.set_query(Some(&rest));
+        }
+        Ok(StoreUrl::Postgres(
+            common,
+            PostgresSettings {
+                url: url.into(),
+                schema,
+                pool_size,
+            },
+        ))
+    }
+
+    fn postgres_key_values(text: &str) -> Result<Self> {
+        let mut ours = Vec::new();
+        let mut rest = Vec::new();
+        for token in key_value_tokens(text)? {
+            let key = token.split('=').next().unwrap_or_default().trim();
+            if ["schema", "pool_size", "max_meta_bytes", "event_buffer"].contains(&key) {
+                let value = token[token.find('=').map_or(token.len(), |at| at + 1)..].trim();
+                ours.push(format!(
+                    "{key}={}",
+                    form_urlencoded::byte_serialize(unquote(value).as_bytes()).collect::<String>()
+                ));
+            } else {
+                rest.push(token);
+            }
+        }
+        let mut params = Params::new("postgres", &ours.join("&"))?;
+        let common = params.common()?;
+        let settings = PostgresSettings {
+            url: rest.join(" "),
+            schema: params.take("schema"),
+            pool_size: params.number("pool_size", 1)?,
+        };
+        params.finish(&[])?;
+        Ok(StoreUrl::Postgres(common, settings))
+    }
+
+    /// The Cargo feature of `presence-kit` that builds this URL's backend.
     pub(crate) fn feature(&self) -> &'static str {
         match self {
-            StoreUrl::Memory => "memory",
-            StoreUrl::SqliteFile(_) | StoreUrl::SqliteMemory => "sqlite",
-            StoreUrl::Postgres { .. } => "postgres",
+            StoreUrl::Memory(..) => "memory",
+            StoreUrl::SqliteFile(..) | StoreUrl::SqliteMemory(..) => "sqlite",
+            StoreUrl::Postgres(..) => "postgres",
         }
     }
 }
 
-/// Takes `schema=NAME` out of a Postgres URL's query: it configures the
-/// store, and the driver would refuse it as an unknown connection option.
-fn split_schema(url: &str) -> StoreUrl {
-    let Some((base, query)) = url.split_once('?') else {
-        return StoreUrl::Postgres {
-            url: url.to_owned(),
-            schema: None,
-        };
-    };
-    let mut schema = None;
-    let rest: Vec<&str> = query
-        .split('&')
-        .filter(|pair| match pair.strip_prefix("schema=") {
-            Some(name) => {
-                schema = Some(name.to_owned());
-                false
+/// The `key=value` pieces of a libpq-style connection string, each whole
+/// (values may be single-quoted, with `\'` and `\\` escapes).
+fn key_value_tokens(text: &str) -> Result<Vec<&str>> {
+    let mut tokens = Vec::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i == bytes.len() {
+            break;
+        }
+        let start = i;
+        while i < bytes.len() && bytes[i] != b'=' && !bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i == bytes.len() || bytes[i] != b'=' {
+            return Err(Error::invalid(
+                "url",
+                "a key=value connection string needs key=value pairs",
+            ));
+        }
+        i += 1;
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i < bytes.len() && bytes[i] == b'\'' {
+            i += 1;
+            loop {
+                match bytes.get(i) {
+                    None => {
+                        return Err(Error::invalid(
+                            "url",
+                            "a quoted value in the connection string is not closed",
+                        ));
+                    }
+                    Some(b'\\') => i += 2,
+                    Some(b'\'') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(_) => i += 1,
+                }
             }
-            None => !pair.is_empty(),
-        })
-        .collect();
-    let url = if rest.is_empty() {
-        base.to_owned()
-    } else {
-        format!("{base}?{}", rest.join("&"))
+        } else {
+            while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
+                i += 1;
+            }
+        }
+        tokens.push(&text[start..i.min(text.len())]);
+    }
+    Ok(tokens)
+}
+
+/// A key=value value without its quotes and escapes.
+fn unquote(value: &str) -> String {
+    let Some(inner) = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) else {
+        return value.to_owned();
     };
-    StoreUrl::Postgres { url, schema }
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            out.extend(chars.next());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A store URL or connection string with every secret replaced by `***`,
+/// for printing: the password of `scheme://user:password@host`, and the
+/// values of `password` / `sslpassword` parameters, in URLs and in
+/// key=value strings.
+///
+/// ```
+/// assert_eq!(
+///     presence::redact("postgres://app:s3cret@db/main?schema=p"),
+///     "postgres://app:***@db/main?schema=p"
+/// );
+/// assert_eq!(
+///     presence::redact("host=db user=app password='a b'"),
+///     "host=db user=app password=***"
+/// );
+/// ```
+pub fn redact(url: &str) -> String {
+    const SECRETS: [&str; 2] = ["password", "sslpassword"];
+    if !url.contains("://") && url.contains('=') {
+        let Ok(tokens) = key_value_tokens(url) else {
+            return "<a connection string that could not be read>".to_owned();
+        };
+        return tokens
+            .iter()
+            .map(|token| {
+                let key = token.split('=').next().unwrap_or_default().trim();
+                if SECRETS.contains(&key) {
+                    format!("{key}=***")
+                } else {
+                    (*token).to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (before_query, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (rest, None),
+    };
+    let authority_end = before_query.find('/').unwrap_or(before_query.len());
+    let (authority, path) = before_query.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{user}:***@{host}")
+        }
+        _ => authority.to_owned(),
+    };
+    let mut redacted = format!("{scheme}://{authority}{path}");
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if SECRETS.contains(&key) => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        redacted.push('?');
+        redacted.push_str(&pairs.join("&"));
+    }
+    redacted
 }
 
 /// The error for a URL whose backend was left out of the build.
@@ -109,59 +495,159 @@ fn feature_off(url: &StoreUrl) -> Error {
     )
 }
 
-/// Opens the store a URL names, creating or upgrading its schema:
+/// Opens the store a URL names, creating or upgrading its schema, with each
+/// backend's defaults for what the URL does not say:
 ///
 /// | URL | store | feature |
 /// | --- | --- | --- |
 /// | `memory://` | a new, empty in-process store | `memory` (default) |
 /// | `sqlite://presence.db`, `sqlite:///var/lib/app/presence.db` | the SQLite file (created if missing) | `sqlite` |
 /// | `sqlite::memory:` | a private in-memory SQLite database | `sqlite` |
-/// | `postgres://user@host/db?schema=presence` | the Postgres schema (default `presence`) | `postgres` |
+/// | `postgres://user@host/db?schema=presence`, `host=db user=app schema=presence` | the Postgres schema (default `presence`) | `postgres` |
 ///
-/// Every store gets its backend's defaults (system clock, 4096-byte meta
-/// limit); build a backend's config yourself for anything else.
+/// Parameters, in the query (`?a=1&b=2`; percent-escapes are decoded, in
+/// SQLite paths too) or, for key=value Postgres strings, as more pairs:
+///
+/// | backend | parameters |
+/// | --- | --- |
+/// | all | `max_meta_bytes`, `event_buffer` |
+/// | `memory` | `shards` |
+/// | `sqlite` | `mode` (`rwc`: create if missing, the default; `rw`: the file must exist), `busy_timeout` (`5s`), `table_prefix`, `read_connections`, `max_group`, `checkpoint_pages` |
+/// | `postgres` | `schema`, `pool_size`, and the driver's own (`sslmode`, `connect_timeout`, `application_name`, ...) |
+///
+/// An unknown parameter is refused, naming it. [`connect_with`] takes the
+/// common settings typed, with a clock.
 ///
 /// # Errors
 ///
-/// [`Error::InvalidInput`] naming the field `url` for an unknown scheme or a
-/// backend whose feature is off (nothing is opened); [`Error::Backend`] when
-/// the store cannot be opened.
+/// [`Error::InvalidInput`] naming `url` (or the parameter whose value is
+/// wrong) for an unknown scheme, an unknown parameter, a bad value, or a
+/// backend whose feature is off; nothing is opened or created.
+/// [`Error::Backend`] when the store cannot be opened.
 ///
 /// ```
 /// # async fn run() -> presence::Result<()> {
-/// let store = presence::connect("memory://").await?;
-/// let err = presence::connect("redis://localhost").await.unwrap_err();
+/// let store = presence::connect("memory://?max_meta_bytes=1024").await?;
+/// assert_eq!(store.max_meta_bytes(), 1024);
+/// let err = presence::connect("memory://?max_meta_byte=1024").await.unwrap_err();
 /// assert_eq!(err.invalid_field(), Some("url"));
+/// assert!(err.to_string().contains("\"max_meta_byte\""));
 /// # Ok(()) }
 /// ```
 pub async fn connect(url: &str) -> Result<Arc<dyn PresenceStore>> {
+    connect_with(url, ConnectOptions::default()).await
+}
+
+/// [`connect`] with typed settings that apply to every backend (they win
+/// over the URL's parameters).
+pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Arc<dyn PresenceStore>> {
     let url = StoreUrl::parse(url)?;
-    match url {
+    if options.max_meta_bytes.is_some_and(|n| n < 2) {
+        return Err(Error::invalid(
+            "max_meta_bytes",
+            "must be at least 2 (the size of {})",
+        ));
+    }
+    if options.event_buffer == Some(0) {
+        return Err(Error::invalid("event_buffer", "must be at least 1"));
+    }
+    open(url, options).await
+}
+
+#[allow(unused_variables)]
+async fn open(url: StoreUrl, options: ConnectOptions) -> Result<Arc<dyn PresenceStore>> {
+    let common = |common: &Common| Common {
+        max_meta_bytes: options.max_meta_bytes.or(common.max_meta_bytes),
+        event_buffer: options.event_buffer.or(common.event_buffer),
+    };
+    match &url {
         #[cfg(feature = "memory")]
-        StoreUrl::Memory => Ok(Arc::new(presence_memory::MemoryStore::new())),
+        StoreUrl::Memory(given, settings) => {
+            let given = common(given);
+            let mut config = presence_memory::MemoryConfig::default();
+            if let Some(clock) = options.clock {
+                config.clock = clock;
+            }
+            set(&mut config.max_meta_bytes, given.max_meta_bytes);
+            set(&mut config.event_buffer, given.event_buffer);
+            set(&mut config.shards, settings.shards);
+            Ok(Arc::new(presence_memory::MemoryStore::with_config(config)))
+        }
         #[cfg(feature = "sqlite")]
-        StoreUrl::SqliteFile(path) => {
-            let config = presence_sqlite::SqliteConfig::file(path);
+        StoreUrl::SqliteFile(path, given, settings) => {
+            if settings.mode == SqliteMode::ReadWrite && !path.exists() {
+                return Err(Error::backend(
+                    "sqlite",
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("{}: no such file (mode=rw)", path.display()),
+                    ),
+                ));
+            }
+            let config = sqlite_config(
+                presence_sqlite::SqliteConfig::file(path),
+                &common(given),
+                settings,
+                options.clock,
+            );
             Ok(Arc::new(presence_sqlite::SqliteStore::open(config).await?))
         }
         #[cfg(feature = "sqlite")]
-        StoreUrl::SqliteMemory => {
-            let config = presence_sqlite::SqliteConfig::memory();
+        StoreUrl::SqliteMemory(given, settings) => {
+            let config = sqlite_config(
+                presence_sqlite::SqliteConfig::memory(),
+                &common(given),
+                settings,
+                options.clock,
+            );
             Ok(Arc::new(presence_sqlite::SqliteStore::open(config).await?))
         }
         #[cfg(feature = "postgres")]
-        StoreUrl::Postgres { url, schema } => {
-            let mut config = presence_postgres::PostgresConfig::new(url);
-            if let Some(schema) = schema {
-                config.schema = schema;
+        StoreUrl::Postgres(given, settings) => {
+            let given = common(given);
+            let mut config = presence_postgres::PostgresConfig::new(settings.url.clone());
+            if let Some(clock) = options.clock {
+                config.clock = clock;
             }
+            set(&mut config.schema, settings.schema.clone());
+            set(&mut config.pool_size, settings.pool_size);
+            set(&mut config.max_meta_bytes, given.max_meta_bytes);
+            set(&mut config.event_buffer, given.event_buffer);
             Ok(Arc::new(
                 presence_postgres::PostgresStore::connect(config).await?,
             ))
         }
         #[allow(unreachable_patterns)]
-        other => Err(feature_off(&other)),
+        other => Err(feature_off(other)),
     }
+}
+
+/// Overwrites `field` with `value` when one was given.
+#[allow(dead_code)]
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *field = value;
+    }
+}
+
+#[cfg(feature = "sqlite")]
+fn sqlite_config(
+    mut config: presence_sqlite::SqliteConfig,
+    common: &Common,
+    settings: &SqliteSettings,
+    clock: Option<Arc<dyn Clock>>,
+) -> presence_sqlite::SqliteConfig {
+    if let Some(clock) = clock {
+        config.clock = clock;
+    }
+    set(&mut config.max_meta_bytes, common.max_meta_bytes);
+    set(&mut config.event_buffer, common.event_buffer);
+    set(&mut config.busy_timeout, settings.busy_timeout);
+    set(&mut config.table_prefix, settings.table_prefix.clone());
+    set(&mut config.read_connections, settings.read_connections);
+    set(&mut config.max_group, settings.max_group);
+    set(&mut config.checkpoint_pages, settings.checkpoint_pages);
+    config
 }
 
 #[cfg(test)]
@@ -172,60 +658,141 @@ mod tests {
         StoreUrl::parse(url).unwrap()
     }
 
+    fn sqlite_file(path: &str) -> StoreUrl {
+        StoreUrl::SqliteFile(path.into(), Common::default(), SqliteSettings::default())
+    }
+
+    fn postgres(url: &str, schema: Option<&str>) -> StoreUrl {
+        StoreUrl::Postgres(
+            Common::default(),
+            PostgresSettings {
+                url: url.into(),
+                schema: schema.map(str::to_owned),
+                pool_size: None,
+            },
+        )
+    }
+
     #[test]
     fn reads_every_form() {
-        assert_eq!(parse("memory://"), StoreUrl::Memory);
-        assert_eq!(parse("memory:"), StoreUrl::Memory);
-        assert_eq!(parse("sqlite::memory:"), StoreUrl::SqliteMemory);
+        let memory = StoreUrl::Memory(Common::default(), MemorySettings::default());
+        assert_eq!(parse("memory://"), memory);
+        assert_eq!(parse("memory:"), memory);
         assert_eq!(
-            parse("sqlite://presence.db"),
-            StoreUrl::SqliteFile("presence.db".into())
+            parse("sqlite::memory:"),
+            StoreUrl::SqliteMemory(Common::default(), SqliteSettings::default())
         );
+        assert_eq!(parse("sqlite://presence.db"), sqlite_file("presence.db"));
         assert_eq!(
             parse("sqlite:///var/lib/presence.db"),
-            StoreUrl::SqliteFile("/var/lib/presence.db".into())
+            sqlite_file("/var/lib/presence.db")
         );
-        assert_eq!(
-            parse("sqlite:data/p.db"),
-            StoreUrl::SqliteFile("data/p.db".into())
-        );
+        assert_eq!(parse("sqlite:data/p.db"), sqlite_file("data/p.db"));
         assert_eq!(
             parse("postgres://u@h/db"),
-            StoreUrl::Postgres {
-                url: "postgres://u@h/db".into(),
-                schema: None
-            }
+            postgres("postgres://u@h/db", None)
         );
         assert_eq!(
             parse("postgresql://u@h/db?sslmode=disable&schema=rooms&connect_timeout=5"),
-            StoreUrl::Postgres {
-                url: "postgresql://u@h/db?sslmode=disable&connect_timeout=5".into(),
-                schema: Some("rooms".into())
-            }
+            postgres(
+                "postgresql://u@h/db?sslmode=disable&connect_timeout=5",
+                Some("rooms")
+            )
         );
         assert_eq!(
             parse("postgres://u@h/db?schema=rooms"),
-            StoreUrl::Postgres {
-                url: "postgres://u@h/db".into(),
-                schema: Some("rooms".into())
-            }
+            postgres("postgres://u@h/db", Some("rooms"))
+        );
+    }
+
+    #[test]
+    fn the_query_is_parameters_not_part_of_the_path() {
+        // Used to create a file named `p.db?mode=rw`.
+        let StoreUrl::SqliteFile(path, common, settings) =
+            parse("sqlite:///data/p.db?mode=rw&max_meta_bytes=1000&busy_timeout=250ms")
+        else {
+            panic!()
+        };
+        assert_eq!(path, PathBuf::from("/data/p.db"));
+        assert_eq!(common.max_meta_bytes, Some(1000));
+        assert_eq!(settings.mode, SqliteMode::ReadWrite);
+        assert_eq!(settings.busy_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(
+            parse("sqlite:///data/my%20rooms%3F.db"),
+            sqlite_file("/data/my rooms?.db")
+        );
+        let StoreUrl::Memory(common, settings) = parse("memory://?shards=4&event_buffer=16") else {
+            panic!()
+        };
+        assert_eq!((settings.shards, common.event_buffer), (Some(4), Some(16)));
+    }
+
+    #[test]
+    fn key_value_postgres_strings_are_accepted() {
+        let StoreUrl::Postgres(common, settings) =
+            parse("host=db port=5432 user=app password='a \\' b' schema=rooms max_meta_bytes=100")
+        else {
+            panic!()
+        };
+        assert_eq!(settings.schema.as_deref(), Some("rooms"));
+        assert_eq!(common.max_meta_bytes, Some(100));
+        assert_eq!(
+            settings.url,
+            "host=db port=5432 user=app password='a \\' b'"
         );
     }
 
     #[test]
     fn refuses_bad_urls_naming_the_field() {
-        for url in [
-            "redis://localhost",
-            "",
-            "sqlite://",
-            "sqlite:",
-            "memory://x",
+        for (url, field) in [
+            ("redis://localhost", "url"),
+            ("", "url"),
+            ("sqlite://", "url"),
+            ("sqlite:", "url"),
+            ("memory://x", "url"),
+            ("memory://?colour=blue", "url"),
+            ("sqlite://p.db?mode=ro", "mode"),
+            ("sqlite://p.db?mode=fast", "mode"),
+            ("sqlite://p.db?busy_timeout=soon", "busy_timeout"),
+            ("sqlite://p.db?max_meta_bytes=-1", "max_meta_bytes"),
+            ("sqlite://p.db?read_connections=0", "read_connections"),
+            ("memory://?shards=0", "shards"),
+            ("memory://?event_buffer=1&event_buffer=2", "url"),
+            ("postgres://u@h/db?pool_size=none", "pool_size"),
+            ("host=db password='open", "url"),
         ] {
             let err = StoreUrl::parse(url).unwrap_err();
-            assert_eq!(err.invalid_field(), Some("url"), "{url}: {err}");
+            assert_eq!(err.invalid_field(), Some(field), "{url}: {err}");
         }
         let err = StoreUrl::parse("redis://localhost").unwrap_err();
         assert!(err.to_string().contains("\"redis\""), "{err}");
+        let err = StoreUrl::parse("sqlite://p.db?mod=rw").unwrap_err();
+        assert!(err.to_string().contains("\"mod\""), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_never_printed() {
+        for (url, redacted) in [
+            (
+                "postgres://app:s3cret@db:5432/main?schema=p",
+                "postgres://app:***@db:5432/main?schema=p",
+            ),
+            ("postgres://app@db/main", "postgres://app@db/main"),
+            (
+                "postgres://app@db/main?password=s3cret&sslmode=require",
+                "postgres://app@db/main?password=***&sslmode=require",
+            ),
+            (
+                "host=db password=s3cret sslpassword='x y'",
+                "host=db password=*** sslpassword=***",
+            ),
+            ("sqlite://presence.db", "sqlite://presence.db"),
+            ("sqlite::memory:", "sqlite::memory:"),
+        ] {
+            assert_eq!(redact(url), redacted);
+        }
+        let err = StoreUrl::parse("postgres://app:s3cret@[bad/db").unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 
     #[test]
@@ -238,7 +805,30 @@ mod tests {
         );
     }
 
-    /// Run with `cargo test -p presence --no-default-features --features memory`
+    #[cfg(feature = "memory")]
+    #[tokio::test]
+    async fn typed_options_win_over_the_url() {
+        let options = ConnectOptions {
+            max_meta_bytes: Some(300),
+            ..ConnectOptions::default()
+        };
+        let store = connect_with("memory://?max_meta_bytes=100", options)
+            .await
+            .unwrap();
+        assert_eq!(store.max_meta_bytes(), 300);
+        let err = connect_with(
+            "memory://",
+            ConnectOptions {
+                event_buffer: Some(0),
+                ..ConnectOptions::default()
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.invalid_field(), Some("event_buffer"));
+    }
+
+    /// Run with `cargo test -p presence-kit --no-default-features --features memory`
     /// (as `.ci/run` does): the other backends are then really absent.
     #[cfg(not(feature = "sqlite"))]
     #[tokio::test]

@@ -4,8 +4,12 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::sync;
 use presence_core::{MAX_BATCH_KEYS, PresenceKey, PresenceStore, Result};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::sweeper::positive;
 
 /// Called with the keys a flush found absent (swept or left), so their
 /// clients can join again.
@@ -16,8 +20,8 @@ pub type AbsentHandler = Arc<dyn Fn(Vec<PresenceKey>) + Send + Sync>;
 /// heartbeating cost one statement per 10,000 keys per interval, not 50,000
 /// round trips. A key touched several times between flushes is touched once.
 ///
-/// The flush task stops when the `Heartbeats` is dropped; pending touches
-/// are then lost (call [`flush`](Heartbeats::flush) first to keep them).
+/// On shutdown, [`close`](Heartbeats::close) stops the flush task and sends
+/// what is pending. Dropping a `Heartbeats` stops the task without sending.
 ///
 /// ```
 /// # use std::{sync::Arc, time::Duration};
@@ -27,15 +31,17 @@ pub type AbsentHandler = Arc<dyn Fn(Vec<PresenceKey>) + Send + Sync>;
 /// let key = PresenceKey::new("/chat/1", "alice", "socket-9")?;
 /// store.join(&key, Meta::new()).await?;
 ///
-/// let heartbeats = Heartbeats::new(store, Duration::from_secs(1));
+/// let heartbeats = Heartbeats::new(store, Duration::from_secs(1))?;
 /// heartbeats.touch(key); // from the socket's handler: no I/O here
 /// let absent = heartbeats.flush().await?; // or wait for the interval
 /// assert!(absent.is_empty());
+/// heartbeats.close().await?; // on shutdown
 /// # Ok(()) }
 /// ```
 pub struct Heartbeats {
     shared: Arc<Shared>,
-    task: JoinHandle<()>,
+    stop: CancellationToken,
+    task: Mutex<Option<JoinHandle<()>>>,
 }
 
 struct Shared {
@@ -48,17 +54,26 @@ impl Heartbeats {
     /// Flushes every `every`; absent keys are only logged.
     ///
     /// Must be called within a tokio runtime.
-    pub fn new(store: Arc<dyn PresenceStore>, every: Duration) -> Self {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`](presence_core::Error::InvalidInput) naming
+    /// `every` when it is zero.
+    pub fn new(store: Arc<dyn PresenceStore>, every: Duration) -> Result<Self> {
         Self::start(store, every, None)
     }
 
     /// Flushes every `every` and hands each flush's absent keys to
     /// `on_absent` (tell those clients to join again).
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new).
     pub fn with_absent_handler(
         store: Arc<dyn PresenceStore>,
         every: Duration,
         on_absent: impl Fn(Vec<PresenceKey>) + Send + Sync + 'static,
-    ) -> Self {
+    ) -> Result<Self> {
         Self::start(store, every, Some(Arc::new(on_absent)))
     }
 
@@ -66,31 +81,37 @@ impl Heartbeats {
         store: Arc<dyn PresenceStore>,
         every: Duration,
         on_absent: Option<AbsentHandler>,
-    ) -> Self {
+    ) -> Result<Self> {
+        let every = positive("every", every)?;
         let shared = Arc::new(Shared {
             store,
             pending: Mutex::new(HashSet::new()),
             on_absent,
         });
-        let task = tokio::spawn(flush_every(shared.clone(), every));
-        Self { shared, task }
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(flush_every(shared.clone(), every, stop.clone()));
+        Ok(Self {
+            shared,
+            stop,
+            task: Mutex::new(Some(task)),
+        })
     }
 
     /// Records a heartbeat of `key`, to be sent with the next flush. Cheap
     /// and synchronous: call it from every socket's ping.
     pub fn touch(&self, key: PresenceKey) {
-        self.shared.pending.lock().unwrap().insert(key);
+        sync::lock(&self.shared.pending).insert(key);
     }
 
     /// Drops a pending heartbeat of `key` (its connection closed), so the
     /// next flush does not report it absent.
     pub fn forget(&self, key: &PresenceKey) {
-        self.shared.pending.lock().unwrap().remove(key);
+        sync::lock(&self.shared.pending).remove(key);
     }
 
     /// How many distinct keys wait for the next flush.
     pub fn pending(&self) -> usize {
-        self.shared.pending.lock().unwrap().len()
+        sync::lock(&self.shared.pending).len()
     }
 
     /// Sends every pending heartbeat now, in one `touch_many` per 10,000
@@ -100,11 +121,25 @@ impl Heartbeats {
     pub async fn flush(&self) -> Result<Vec<PresenceKey>> {
         self.shared.flush().await
     }
+
+    /// Stops the flush task (a flush under way finishes), then sends what
+    /// is pending in one last [`flush`](Self::flush) and returns its
+    /// result. Heartbeats recorded afterwards wait for an explicit `flush`.
+    pub async fn close(&self) -> Result<Vec<PresenceKey>> {
+        self.stop.cancel();
+        let task = sync::lock(&self.task).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        self.shared.flush().await
+    }
 }
 
 impl Drop for Heartbeats {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = sync::lock(&self.task).take() {
+            task.abort();
+        }
     }
 }
 
@@ -119,7 +154,7 @@ impl std::fmt::Debug for Heartbeats {
 
 impl Shared {
     async fn flush(&self) -> Result<Vec<PresenceKey>> {
-        let keys: Vec<PresenceKey> = std::mem::take(&mut *self.pending.lock().unwrap())
+        let keys: Vec<PresenceKey> = std::mem::take(&mut *sync::lock(&self.pending))
             .into_iter()
             .collect();
         // Batches of the contract's largest size, sent side by side (a
@@ -136,7 +171,7 @@ impl Shared {
                 Err(error) => {
                     // Keep what failed for the next flush; a newer touch of
                     // a key is the same heartbeat, so merging loses nothing.
-                    self.pending.lock().unwrap().extend(batch.iter().cloned());
+                    sync::lock(&self.pending).extend(batch.iter().cloned());
                     failure.get_or_insert(error);
                 }
             }
@@ -153,18 +188,28 @@ impl Shared {
     }
 }
 
-async fn flush_every(shared: Arc<Shared>, every: Duration) {
+async fn flush_every(shared: Arc<Shared>, every: Duration, stop: CancellationToken) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval.tick().await;
     loop {
-        interval.tick().await;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = interval.tick() => {}
+        }
         match shared.flush().await {
             Ok(absent) if !absent.is_empty() && shared.on_absent.is_none() => {
                 tracing::debug!(absent = absent.len(), "heartbeats for absent entries");
             }
             Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "heartbeat flush failed; retrying next interval"),
+            Err(presence_core::Error::Closed { .. }) => {
+                tracing::debug!("the store was closed; heartbeat flushing stops");
+                return;
+            }
+            Err(error) => tracing::warn!(
+                error = %error.chain(),
+                "heartbeat flush failed; the keys stay pending for the next interval"
+            ),
         }
     }
 }

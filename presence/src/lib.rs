@@ -7,13 +7,14 @@ mod connect;
 mod heartbeats;
 mod live;
 mod sweeper;
+mod sync;
 mod tracker;
 
 pub use channels::{
     Access, ChannelConfig, ChannelMember, ChannelMembers, ChannelUpdate, ChannelUpdates, Channels,
     Enricher, Resolver,
 };
-pub use connect::connect;
+pub use connect::{ConnectOptions, connect, connect_with, redact};
 pub use heartbeats::{AbsentHandler, Heartbeats};
 pub use live::{Diff, LiveMembers, LiveUpdate, LiveUpdates};
 pub use presence_core::*;

@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use crate::sync;
 use futures::FutureExt;
 use futures::stream::{BoxStream, StreamExt};
 use presence_core::{
@@ -13,6 +14,9 @@ use presence_core::{
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::sweeper::positive;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
@@ -89,7 +93,8 @@ const UPDATE_BUFFER: usize = 256;
 pub struct LiveMembers {
     shared: Arc<Shared>,
     commands: mpsc::UnboundedSender<Command>,
-    task: JoinHandle<()>,
+    stop: CancellationToken,
+    task: Mutex<Option<JoinHandle<()>>>,
 }
 
 struct Shared {
@@ -221,14 +226,34 @@ impl LiveMembers {
     }
 
     /// As [`start`](Self::start), and also re-reads the members every
-    /// `every`: for memory or SQLite stores written by other processes,
-    /// whose events stay in the writing process.
+    /// `every`: for stores whose events miss other processes' changes
+    /// ([`PresenceStore::events_are_complete`] is false: SQLite files).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`](presence_core::Error::InvalidInput) naming
+    /// `every` when it is zero; the store's errors.
     pub async fn start_refreshing(
         store: Arc<dyn PresenceStore>,
         topic: Topic,
         every: Duration,
     ) -> Result<Self> {
+        let every = positive("every", every)?;
         Self::open(store, topic, Some(every)).await
+    }
+
+    /// [`start_refreshing`](Self::start_refreshing) every `every` when the
+    /// store's events are not complete, [`start`](Self::start) otherwise.
+    pub async fn follow(
+        store: Arc<dyn PresenceStore>,
+        topic: Topic,
+        every: Duration,
+    ) -> Result<Self> {
+        if store.events_are_complete() {
+            Self::start(store, topic).await
+        } else {
+            Self::start_refreshing(store, topic, every).await
+        }
     }
 
     async fn open(
@@ -246,11 +271,19 @@ impl LiveMembers {
             resyncs: AtomicU64::new(0),
         });
         let (commands, received) = mpsc::unbounded_channel();
-        let task = tokio::spawn(follow(shared.clone(), events, received, refresh));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(follow(
+            shared.clone(),
+            events,
+            received,
+            refresh,
+            stop.clone(),
+        ));
         Ok(Self {
             shared,
             commands,
-            task,
+            stop,
+            task: Mutex::new(Some(task)),
         })
     }
 
@@ -261,17 +294,17 @@ impl LiveMembers {
 
     /// The members now, in the store's order.
     pub fn members(&self) -> Vec<Member> {
-        self.shared.state.read().unwrap().members()
+        sync::read(&self.shared.state).members()
     }
 
     /// One member now.
     pub fn member(&self, member: &MemberId) -> Option<Member> {
-        self.shared.state.read().unwrap().view(member)
+        sync::read(&self.shared.state).view(member)
     }
 
     /// The counts now.
     pub fn counts(&self) -> Counts {
-        self.shared.state.read().unwrap().counts()
+        sync::read(&self.shared.state).counts()
     }
 
     /// How many times the list was re-read after an [`Event::Resync`] or a
@@ -296,12 +329,24 @@ impl LiveMembers {
         }
     }
 
+    /// Stops following the topic: the background task ends (a re-read under
+    /// way is abandoned), every [`updates`](Self::updates) stream ends, and
+    /// the store subscription is released; returns once the task has ended.
+    /// The list keeps its last state.
+    pub async fn close(&self) {
+        self.stop.cancel();
+        let task = sync::lock(&self.task).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
     /// The whole list, then every change as a [`Diff`]. A reader that falls
     /// more than 256 diffs behind gets the whole list again. The stream ends
-    /// when this `LiveMembers` is dropped.
+    /// when this `LiveMembers` is closed or dropped.
     pub fn updates(&self) -> LiveUpdates {
         let (first, receiver) = {
-            let state = self.shared.state.read().unwrap();
+            let state = sync::read(&self.shared.state);
             let first = LiveUpdate::State {
                 members: state.members(),
                 counts: state.counts(),
@@ -314,7 +359,7 @@ impl LiveMembers {
             let update = match item {
                 Ok(diff) => Some(LiveUpdate::Diff(diff)),
                 Err(BroadcastStreamRecvError::Lagged(_)) => shared.upgrade().map(|shared| {
-                    let state = shared.state.read().unwrap();
+                    let state = sync::read(&shared.state);
                     LiveUpdate::State {
                         members: state.members(),
                         counts: state.counts(),
@@ -325,13 +370,17 @@ impl LiveMembers {
         });
         futures::stream::once(async move { first })
             .chain(rest)
+            .take_until(self.stop.clone().cancelled_owned())
             .boxed()
     }
 }
 
 impl Drop for LiveMembers {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop.cancel();
+        if let Some(task) = sync::lock(&self.task).take() {
+            task.abort();
+        }
     }
 }
 
@@ -353,7 +402,7 @@ impl Shared {
     }
 
     fn apply(&self, event: Event) {
-        let mut state = self.state.write().unwrap();
+        let mut state = sync::write(&self.state);
         let diff = state.apply(event);
         self.publish(diff);
     }
@@ -370,22 +419,39 @@ impl Shared {
         let members = loop {
             match self.store.members(&self.topic).await {
                 Ok(members) => break members,
+                Err(presence_core::Error::Closed { .. }) => return,
                 Err(error) => {
-                    tracing::warn!(topic = %self.topic, %error, "re-reading members failed; retrying");
+                    tracing::warn!(topic = %self.topic, error = %error.chain(), "re-reading members failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         };
-        let mut state = self.state.write().unwrap();
+        let mut state = sync::write(&self.state);
         let diff = state.replace(members);
         self.publish(diff);
     }
 }
 
 /// The background task: applies events, re-reads on `Resync`, on request
-/// and on the refresh interval.
+/// and on the refresh interval, until stopped (which interrupts a re-read)
+/// or the store's stream ends, which ends the updates too.
 async fn follow(
+    shared: Arc<Shared>,
+    events: EventStream,
+    commands: mpsc::UnboundedReceiver<Command>,
+    refresh: Option<Duration>,
+    stop: CancellationToken,
+) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = apply_until_done(shared, events, commands, refresh) => {}
+    }
+    // The store's stream ended (it was closed): so do the updates.
+    stop.cancel();
+}
+
+async fn apply_until_done(
     shared: Arc<Shared>,
     mut events: EventStream,
     mut commands: mpsc::UnboundedReceiver<Command>,

@@ -4,8 +4,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use presence_core::{Departure, Entry, Joined, Meta, PresenceKey, PresenceStore, Result};
+use presence_core::{Departure, Entry, Error, Joined, Meta, PresenceKey, PresenceStore, Result};
 use tokio::sync::{Mutex, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The name `Error::Closed` gives for a closed tracker.
+const CLOSED: Error = Error::Closed { backend: "tracker" };
 
 /// How a [`Tracker`] keeps its entries alive.
 #[derive(Clone, Debug)]
@@ -18,8 +23,9 @@ pub struct TrackerConfig {
     /// can be lost before the entry expires).
     pub heartbeats_per_ttl: u32,
     /// Each interval is shortened by a random fraction of up to `jitter`
-    /// (0 to 1; default 0.2), so guards made together do not heartbeat
-    /// together, and no interval is ever longer than the nominal one.
+    /// (at least 0, below 1; default 0.2), so guards made together do not
+    /// heartbeat together, and no interval is ever longer than the nominal
+    /// one.
     pub jitter: f64,
 }
 
@@ -38,10 +44,35 @@ impl TrackerConfig {
         self.ttl / self.heartbeats_per_ttl.max(1)
     }
 
-    /// One interval, jittered.
+    /// Checks every setting, naming the one that is wrong.
+    pub fn check(&self) -> Result<()> {
+        if self.ttl.is_zero() {
+            return Err(Error::invalid("ttl", "must be longer than 0"));
+        }
+        if self.heartbeats_per_ttl == 0 {
+            return Err(Error::invalid("heartbeats_per_ttl", "must be at least 1"));
+        }
+        if self.interval() < Duration::from_millis(1) {
+            return Err(Error::invalid(
+                "heartbeats_per_ttl",
+                format!(
+                    "{} heartbeats in a ttl of {:?} are less than 1 ms apart",
+                    self.heartbeats_per_ttl, self.ttl
+                ),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.jitter) {
+            return Err(Error::invalid(
+                "jitter",
+                format!("must be at least 0 and below 1, got {}", self.jitter),
+            ));
+        }
+        Ok(())
+    }
+
+    /// One interval, jittered (never zero: `check` keeps jitter below 1).
     fn next_interval(&self) -> Duration {
-        let jitter = self.jitter.clamp(0.0, 1.0);
-        self.interval().mul_f64(1.0 - jitter * fastrand::f64())
+        self.interval().mul_f64(1.0 - self.jitter * fastrand::f64())
     }
 }
 
@@ -54,27 +85,81 @@ impl TrackerConfig {
 /// # use presence::{Meta, PresenceKey, PresenceStore, Tracker, memory::MemoryStore};
 /// # async fn run() -> presence::Result<()> {
 /// let store: Arc<dyn PresenceStore> = Arc::new(MemoryStore::new());
-/// let tracker = Tracker::new(store.clone(), Duration::from_secs(30));
+/// let tracker = Tracker::new(store.clone(), Duration::from_secs(30))?;
 /// let tab = tracker.track(PresenceKey::new("doc:7", "alice", "tab-1")?, Meta::new()).await?;
 /// assert_eq!(store.count(&tab.key().topic).await?.members, 1);
 /// drop(tab); // leaves in the background
+/// tracker.close().await; // on shutdown: waits for that leave
+/// assert_eq!(store.count(&"doc:7".try_into()?).await?.members, 0);
 /// # Ok(()) }
 /// ```
+///
+/// Clones share their guards: [`close`](Tracker::close) on any of them
+/// leaves every entry still tracked and waits for it.
 #[derive(Clone, Debug)]
 pub struct Tracker {
     store: Arc<dyn PresenceStore>,
     config: TrackerConfig,
+    group: Arc<Group>,
+}
+
+/// The guards of one tracker (or of one `Channels`), so they can be closed
+/// together.
+#[derive(Debug, Default)]
+pub(crate) struct Group {
+    tasks: TaskTracker,
+    closing: CancellationToken,
+}
+
+impl Group {
+    /// Makes every guard leave (unless abandoned) and waits for them all.
+    pub(crate) async fn close(&self) {
+        self.closing.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
 }
 
 impl Tracker {
     /// A tracker whose entries live `ttl` without a heartbeat.
-    pub fn new(store: Arc<dyn PresenceStore>, ttl: Duration) -> Self {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] naming `ttl` when it is zero.
+    pub fn new(store: Arc<dyn PresenceStore>, ttl: Duration) -> Result<Self> {
         Self::with_config(store, TrackerConfig::new(ttl))
     }
 
     /// A tracker with every setting chosen.
-    pub fn with_config(store: Arc<dyn PresenceStore>, config: TrackerConfig) -> Self {
-        Self { store, config }
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] naming the setting that is wrong (see
+    /// [`TrackerConfig::check`]).
+    pub fn with_config(store: Arc<dyn PresenceStore>, config: TrackerConfig) -> Result<Self> {
+        Self::in_group(store, config, Arc::default())
+    }
+
+    /// A tracker whose guards belong to `group`.
+    pub(crate) fn in_group(
+        store: Arc<dyn PresenceStore>,
+        config: TrackerConfig,
+        group: Arc<Group>,
+    ) -> Result<Self> {
+        config.check()?;
+        Ok(Self {
+            store,
+            config,
+            group,
+        })
+    }
+
+    /// On shutdown: stops every guard's heartbeats, leaves every entry
+    /// still tracked (the guards alive and those dropped whose leave is
+    /// still on its way; not the abandoned ones), and returns once all of
+    /// it is done. Afterwards `track` fails with `Error::Closed`.
+    pub async fn close(&self) {
+        self.group.close().await;
     }
 
     /// The store entries are tracked in.
@@ -108,6 +193,9 @@ impl Tracker {
     }
 
     async fn start(&self, key: PresenceKey, meta: Meta, limit: Option<u32>) -> Result<Tracked> {
+        if self.group.closing.is_cancelled() {
+            return Err(CLOSED);
+        }
         let shared = Arc::new(Shared {
             store: self.store.clone(),
             key,
@@ -121,7 +209,12 @@ impl Tracker {
             shared.join(slot.meta.clone()).await?
         };
         let (stop, stopped) = oneshot::channel();
-        tokio::spawn(keep_alive(shared.clone(), self.config.clone(), stopped));
+        self.group.tasks.spawn(keep_alive(
+            shared.clone(),
+            self.config.clone(),
+            stopped,
+            self.group.closing.clone(),
+        ));
         Ok(Tracked {
             shared,
             joined,
@@ -179,21 +272,24 @@ impl Shared {
     }
 }
 
-/// The heartbeat task: touches on every interval until the guard goes, then
-/// leaves (unless the guard was abandoned).
+/// The heartbeat task: touches on every interval until the guard goes or
+/// its tracker closes, then leaves (unless the guard was abandoned).
 async fn keep_alive(
     shared: Arc<Shared>,
     config: TrackerConfig,
     mut stopped: oneshot::Receiver<()>,
+    closing: CancellationToken,
 ) {
     loop {
         tokio::select! {
             _ = &mut stopped => break,
+            () = closing.cancelled() => break,
             () = tokio::time::sleep(config.next_interval()) => {
                 match shared.heartbeat().await {
                     Ok(Heartbeat::Left) => return,
                     Ok(_) => {}
-                    Err(error) => tracing::warn!(key = %shared.key, %error, "presence heartbeat failed; retrying next interval"),
+                    Err(Error::Closed { .. }) => return,
+                    Err(error) => tracing::warn!(key = %shared.key, error = %error.chain(), "presence heartbeat failed; retrying next interval"),
                 }
             }
         }
@@ -202,7 +298,7 @@ async fn keep_alive(
         return;
     }
     if let Err(error) = shared.leave().await {
-        tracing::warn!(key = %shared.key, %error, "presence leave of a dropped guard failed; the sweeper will remove the entry");
+        tracing::warn!(key = %shared.key, error = %error.chain(), "presence leave of a dropped guard failed; the sweeper will remove the entry");
     }
 }
 
@@ -256,8 +352,14 @@ impl Tracked {
 
     /// Replaces the entry's meta (joining it again if it was swept); later
     /// re-joins use the new meta. Emits `Update` (or `Join` after a sweep).
+    ///
+    /// Fails with `Error::Closed` once the tracker was closed (the entry
+    /// has left).
     pub async fn update(&self, meta: Meta) -> Result<Entry> {
         let mut slot = self.shared.meta.lock().await;
+        if slot.left {
+            return Err(CLOSED);
+        }
         let entry = match self
             .shared
             .store

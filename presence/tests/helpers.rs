@@ -35,7 +35,7 @@ async fn dropped_guard_leaves(backend: &dyn Backend) {
     let store = backend.open(&setup).await;
     let room = topic("room");
     let mut events = store.subscribe(&room).await.unwrap();
-    let tracker = Tracker::new(store.clone(), HOUR);
+    let tracker = Tracker::new(store.clone(), HOUR).unwrap();
     let alice = tracker
         .track(key("room", "alice", "tab"), Meta::new())
         .await
@@ -84,7 +84,7 @@ async fn swept_guard_rejoins(backend: &dyn Backend) {
     let ttl = Duration::from_secs(30);
 
     // By hand: heartbeats whose interval never comes during the test.
-    let slow = Tracker::new(store.clone(), HOUR);
+    let slow = Tracker::new(store.clone(), HOUR).unwrap();
     let tab = slow
         .track(key("room", "alice", "tab-1"), meta(json!({"v": 1})))
         .await
@@ -104,7 +104,7 @@ async fn swept_guard_rejoins(backend: &dyn Backend) {
     assert_eq!(store.count(&room).await.unwrap().connections, 1);
 
     // In the background: a guard on a short TTL notices by itself.
-    let fast = Tracker::new(store.clone(), Duration::from_millis(150));
+    let fast = Tracker::new(store.clone(), Duration::from_millis(150)).unwrap();
     let other = fast
         .track(key("room", "bob", "tab-1"), Meta::new())
         .await
@@ -127,7 +127,7 @@ async fn guard_updates_meta(backend: &dyn Backend) {
     let setup = Setup::default();
     let clock = setup.clock.clone();
     let store = backend.open(&setup).await;
-    let tracker = Tracker::new(store.clone(), HOUR);
+    let tracker = Tracker::new(store.clone(), HOUR).unwrap();
     let tab = tracker
         .track(key("doc", "alice", "tab"), meta(json!({"typing": false})))
         .await
@@ -163,7 +163,7 @@ async fn heartbeats_flush_in_one_touch_many(backend: &dyn Backend) {
     }
     let gone = key("room-0", "gone", "socket");
 
-    let heartbeats = Heartbeats::new(counted.clone(), HOUR);
+    let heartbeats = Heartbeats::new(counted.clone(), HOUR).unwrap();
     for key in keys.iter().chain(keys.iter()) {
         heartbeats.touch(key.clone());
     }
@@ -206,6 +206,7 @@ async fn heartbeats_report_absent_keys(backend: &dyn Backend) {
         Heartbeats::with_absent_handler(store.clone(), Duration::from_millis(20), move |keys| {
             reported.lock().unwrap().extend(keys)
         })
+        .unwrap()
     };
     let closed = key("room", "closed", "socket");
     heartbeats.touch(present.clone());
@@ -231,7 +232,9 @@ async fn two_sweepers_never_report_twice(backend: &dyn Backend) {
     let reported: Arc<Mutex<Vec<Departure>>> = Arc::default();
     let sweeper = |store: Arc<dyn PresenceStore>| {
         let reported = reported.clone();
-        Sweeper::new(store, ttl).on_departures(move |gone| reported.lock().unwrap().extend(gone))
+        Sweeper::new(store, ttl)
+            .unwrap()
+            .on_departures(move |gone| reported.lock().unwrap().extend(gone))
     };
     let (first, second) = (sweeper(store.clone()), sweeper(store.clone()));
     let mut joined = Vec::new();
@@ -533,7 +536,7 @@ async fn converge_case(
 async fn heartbeats_split_large_flushes_and_keep_failed_batches(backend: &dyn Backend) {
     let inner = backend.open(&Setup::default()).await;
     let counted = Counted::new(inner.clone());
-    let heartbeats = Heartbeats::new(counted.clone(), HOUR);
+    let heartbeats = Heartbeats::new(counted.clone(), HOUR).unwrap();
     // 25,000 keys (none joined: touching is what is measured here).
     for i in 0..25_000 {
         heartbeats.touch(key(&format!("room-{}", i % 50), &format!("m{i}"), "s"));
