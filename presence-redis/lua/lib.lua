@@ -82,12 +82,24 @@ local function drop_if_empty(t, topic)
   end
 end
 
+-- The bucket of an id (see keys.rs: the same hash).
+local function bucket(id)
+  local h = 0
+  for i = 1, #id do
+    h = (h * 31 + string.byte(id, i)) % 1000003
+  end
+  return h % 1024
+end
+
 -- Removes `fields` (each at most once, absent ones skipped) from topic t and
 -- returns the departures in byte order of member, then connection, as flat
 -- rows {t, member, connection, joined_at, last_seen_at, meta, token, last},
 -- `last` being 1 on a member's last departure when it has nothing left.
--- Emits one `kind` record per departure, in the same order.
-local function remove(t, fields, kind)
+-- Emits one `kind` record per departure, in the same order. With
+-- `index_prefix` (one server only: the member indexes are keys of the same
+-- server), also takes the departures out of their members' indexes, in the
+-- same atomic step.
+local function remove(t, fields, kind, topic, index_prefix)
   local e, s, c, m = group(t)
   local rows, seen_field = {}, {}
   local unique = {}
@@ -132,19 +144,40 @@ local function remove(t, fields, kind)
     end
     removed_of[member] = removed_of[member] + 1
   end
-  local left_of = {}
-  for _, member in ipairs(order) do
-    local n = redis.call('HINCRBY', m, member, -removed_of[member])
-    if n <= 0 then
-      redis.call('HDEL', m, member)
+  -- Three commands for all the members, however many: read their counts,
+  -- drop those left with nothing, write the others.
+  local left_of, gone, kept = {}, {}, {}
+  for from = 1, #order, 1000 do
+    local piece = {}
+    for j = from, math.min(from + 999, #order) do
+      piece[#piece + 1] = order[j]
     end
-    left_of[member] = n
+    local counts = redis.call('HMGET', m, unpack(piece))
+    for j, member in ipairs(piece) do
+      local n = tonumber(counts[j] or 0) - removed_of[member]
+      left_of[member] = n
+      if n <= 0 then
+        gone[#gone + 1] = member
+      else
+        kept[#kept + 1] = member
+        kept[#kept + 1] = n
+      end
+    end
+  end
+  for from = 1, #gone, 1000 do
+    redis.call('HDEL', m, unpack(gone, from, math.min(from + 999, #gone)))
+  end
+  for from = 1, #kept, 2000 do
+    redis.call('HSET', m, unpack(kept, from, math.min(from + 1999, #kept)))
   end
   for j, p in ipairs(present) do
     local member, connection = split(p[1])
     local next_member = present[j + 1] and split(present[j + 1][1])
     local last = (next_member ~= member and left_of[member] <= 0) and 1 or 0
     local joined, token, meta = parse(p[2])
+    if index_prefix then
+      redis.call('ZREM', index_prefix .. '{' .. bucket(member) .. '}u:' .. member, connection .. '\0' .. topic)
+    end
     emit(t, kind, last, member, connection, joined, p[3], meta)
     local row = { t, member, connection, joined, p[3], meta, token, last }
     for _, x in ipairs(row) do

@@ -17,10 +17,9 @@ pub(crate) const BUCKETS: u32 = 1024;
 
 /// The bucket of an id.
 pub(crate) fn bucket(id: &str) -> u32 {
-    let mut hash: u32 = 0x811c_9dc5;
+    let mut hash: u32 = 0;
     for byte in id.bytes() {
-        hash ^= u32::from(byte);
-        hash = hash.wrapping_mul(0x0100_0193);
+        hash = (hash * 31 + u32::from(byte)) % 1_000_003;
     }
     hash % BUCKETS
 }

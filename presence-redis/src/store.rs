@@ -494,6 +494,7 @@ impl Db {
         rows: Vec<Value>,
         topics: &[Topic],
         reason: Reason,
+        indexed: bool,
     ) -> Vec<Departure> {
         let mut departures = Vec::new();
         let mut removed = Vec::new();
@@ -508,7 +509,9 @@ impl Db {
                 departures.push(departure);
             }
         }
-        self.unindex(removed).await;
+        if !indexed {
+            self.unindex(removed).await;
+        }
         departures.sort_by(|a, b| a.entry.key.cmp(&b.entry.key));
         metrics::departed(BACKEND, &departures);
         departures
@@ -574,6 +577,12 @@ impl Db {
                 .arg(topic)
                 .arg(older_than)
                 .arg(self.config.sweep_piece);
+            // One server: the script updates the member indexes itself.
+            if self.cluster {
+                call.arg("");
+            } else {
+                call.arg(&self.config.key_prefix);
+            }
             let mut answer = wire::array(self.run("sweep", &SCRIPTS.sweep, call).await?);
             if answer.is_empty() {
                 return Err(Error::backend(BACKEND, Malformed("sweep")));
@@ -862,7 +871,13 @@ impl RedisStore {
         let rows = wire::array(rows?);
         Ok(self
             .db()
-            .finish_removal(rows, std::slice::from_ref(topic), reason)
+            .finish_removal(
+                rows,
+                std::slice::from_ref(topic),
+                reason,
+                // One server's sweeps update the member indexes in-script.
+                reason == Reason::Expired && !self.db().cluster,
+            )
             .await)
     }
 }
@@ -1072,8 +1087,13 @@ impl PresenceStore for RedisStore {
         while let Some((topic, rows)) = sweeps.next().await {
             match rows {
                 Ok(rows) => departures.extend(
-                    db.finish_removal(rows, std::slice::from_ref(&topic), Reason::Expired)
-                        .await,
+                    db.finish_removal(
+                        rows,
+                        std::slice::from_ref(&topic),
+                        Reason::Expired,
+                        !db.cluster,
+                    )
+                    .await,
                 ),
                 Err(error) => failure = Some(error),
             }
