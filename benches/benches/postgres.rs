@@ -3,13 +3,15 @@
 //! per join, an update per touch), on a pool of 8. Both run on one server
 //! started by the test harness with fsync on (or `PRESENCE_PG_URL`), in
 //! schemas of their own. Run with `cargo bench -p benches --bench postgres`.
+//! Every store here is filled through the API (joins by 64 tasks); only
+//! the baseline's own table is written by its own statements.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use benches::{bench_heartbeats_and_count, fresh_keys, join_concurrently, runtime};
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use presence_core::{PresenceKey, PresenceStore, Timestamp};
 use presence_postgres::{PostgresConfig, PostgresStore, testing};
@@ -138,43 +140,45 @@ fn heartbeats_and_count(c: &mut Criterion) {
 
 fn sweeps(c: &mut Criterion) {
     let rt = runtime();
-    let store = store(&rt, "bench_sweep");
-    let schema = store.config().schema.clone();
+    let next = AtomicUsize::new(0);
     let mut group = c.benchmark_group("postgres");
     group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
     group.measurement_time(Duration::from_secs(10));
-    group.bench_function("sweep_all_100000_expired", |b| {
-        b.iter_batched(
-            || {
-                // Setup, not measured: 100,000 entries over 1,000 topics,
-                // all last seen at 0, inserted with one statement.
-                rt.block_on(async {
-                    let client = store.pool().get().await.unwrap();
-                    client
-                        .batch_execute(&format!(
-                            "INSERT INTO {schema}.entries
-                             SELECT 'topic-' || (i % 1000), 'member-' || i, 'c', '{{}}', 0, 0
-                             FROM generate_series(0, 99999) AS i;
-                             INSERT INTO {schema}.topics
-                             SELECT 'topic-' || t, 100, 100 FROM generate_series(0, 999) AS t;"
-                        ))
-                        .await
-                        .unwrap();
-                    client
-                        .batch_execute(&format!("VACUUM ANALYZE {schema}.entries"))
-                        .await
-                        .unwrap();
-                })
-            },
-            |()| {
-                let swept = rt
-                    .block_on(store.sweep_all(Timestamp::from_millis(1)))
-                    .unwrap();
-                assert_eq!(swept.len(), 100_000);
-            },
-            BatchSize::PerIteration,
-        )
-    });
+    // In pieces of the default `sweep_chunk` (1,000), and in one
+    // transaction as before pieces.
+    for (name, chunk) in [
+        ("sweep_all_100000_expired", None),
+        (
+            "sweep_all_100000_expired_one_transaction",
+            Some(usize::MAX / 2),
+        ),
+    ] {
+        let mut config = PostgresConfig::new(url());
+        config.schema = testing::unique_schema("bench_sweep");
+        config.pool_size = 8;
+        if let Some(chunk) = chunk {
+            config.sweep_chunk = chunk;
+        }
+        let store = Arc::new(rt.block_on(PostgresStore::connect(config)).unwrap());
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    // Setup, not measured: 100,000 entries over 1,000
+                    // topics, joined through the API by 64 tasks; all
+                    // expire at once.
+                    let keys = fresh_keys(&next, 100_000, 1_000);
+                    rt.block_on(join_concurrently(store.clone(), keys, 64));
+                    store.clock().now() + Duration::from_millis(1)
+                },
+                |cutoff: Timestamp| {
+                    let swept = rt.block_on(store.sweep_all(cutoff)).unwrap();
+                    assert_eq!(swept.len(), 100_000);
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
     group.finish();
 }
 

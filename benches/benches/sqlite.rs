@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use benches::{bench_heartbeats_and_count, fresh_keys, join_concurrently, runtime};
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use presence_core::{PresenceStore, Timestamp};
 use presence_sqlite::{SqliteConfig, SqliteStore};
 use tokio::runtime::Runtime;
@@ -64,50 +64,35 @@ fn heartbeats_and_count(c: &mut Criterion) {
     bench_heartbeats_and_count(c, &rt, store, "sqlite");
 }
 
-/// A file with 100,000 entries over 1,000 topics, all seen at time 0, so a
-/// sweep at 1 expires every one.
-fn expired_file(rt: &Runtime, dir: &tempfile::TempDir, n: usize) -> Arc<SqliteStore> {
-    let name = format!("sweep-{n}.db");
-    let path = dir.path().join(&name);
-    let _ = std::fs::remove_file(&path);
-    let store = open(rt, dir, &name);
-    // Setup, not measured: insert through SQLite directly, in one
-    // transaction (the triggers keep the counts as for any writer).
-    let mut raw = rusqlite::Connection::open(&path).unwrap();
-    let tx = raw.transaction().unwrap();
-    {
-        let mut insert = tx
-            .prepare("INSERT INTO presence_entries VALUES (?1, ?2, 'c', '{}', 0, 0)")
-            .unwrap();
-        for i in 0..n {
-            insert
-                .execute((format!("topic-{}", i % 1_000), format!("member-{i}")))
-                .unwrap();
-        }
-    }
-    tx.commit().unwrap();
-    store
-}
-
+/// `sweep_all` of 100,000 expired entries over 1,000 topics, in a file
+/// filled through the API (64 tasks joining; not measured), in pieces (the
+/// default) and, for comparison in the same run, as one transaction.
 fn sweeps(c: &mut Criterion) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let mut group = c.benchmark_group("sqlite");
+    let path = dir.path().join("sweep.db");
+    let at = Timestamp::from_millis(1_700_000_000_000);
+    let mut group = c.benchmark_group("sqlite/sweep_all_100000_expired");
     group.sample_size(10);
-    group.measurement_time(Duration::from_secs(20));
-    group.bench_function("sweep_all_100000_expired", |b| {
-        b.iter_batched(
-            || expired_file(&rt, &dir, 100_000),
-            |store| {
-                let swept = rt
-                    .block_on(store.sweep_all(Timestamp::from_millis(1)))
-                    .unwrap();
-                assert_eq!(swept.len(), 100_000);
-                store
-            },
-            BatchSize::PerIteration,
-        )
-    });
+    group.sampling_mode(SamplingMode::Flat);
+    group.warm_up_time(Duration::from_millis(1));
+    group.measurement_time(Duration::from_secs(10));
+    let default_rows = SqliteConfig::file(&path).sweep_piece_rows;
+    for (id, rows) in [("pieces", default_rows), ("one_transaction", usize::MAX)] {
+        group.bench_function(id, |b| {
+            b.iter_batched(
+                || benches::sqlite_expired_store(&rt, &path, 100_000, rows, at),
+                |store| {
+                    let swept = rt
+                        .block_on(store.sweep_all(at + Duration::from_millis(1)))
+                        .unwrap();
+                    assert_eq!(swept.len(), 100_000);
+                    rt.block_on(store.close()).unwrap();
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
     group.finish();
 }
 

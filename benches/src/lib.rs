@@ -118,6 +118,44 @@ pub async fn join_concurrently_timed(
     (elapsed, calls)
 }
 
+/// The call at quantile `q` (0 to 1) of calls sorted by duration.
+pub fn percentile(sorted: &[std::time::Duration], q: f64) -> std::time::Duration {
+    if sorted.is_empty() {
+        return std::time::Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * q.clamp(0.0, 1.0)) as usize]
+}
+
+/// A duration in milliseconds, two decimals.
+pub fn ms(d: std::time::Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// A SQLite file store in `dir` holding `n` entries over 1,000 topics,
+/// filled through the API (64 tasks joining), all last seen at `at` by the
+/// store's manual clock, which then moves on a minute: `sweep_all(at + 1
+/// ms)` expires every one of them, and entries joined afterwards stay.
+pub fn sqlite_expired_store(
+    rt: &tokio::runtime::Runtime,
+    path: &std::path::Path,
+    n: usize,
+    sweep_piece_rows: usize,
+    at: presence_core::Timestamp,
+) -> std::sync::Arc<presence_sqlite::SqliteStore> {
+    let _ = std::fs::remove_file(path);
+    let clock = presence_core::ManualClock::new(at);
+    let mut config = presence_sqlite::SqliteConfig::file(path);
+    config.clock = std::sync::Arc::new(clock.clone());
+    config.sweep_piece_rows = sweep_piece_rows;
+    let store = std::sync::Arc::new(
+        rt.block_on(presence_sqlite::SqliteStore::open(config))
+            .expect("open a SQLite bench store"),
+    );
+    rt.block_on(join_concurrently(store.clone(), spread_keys(n, 1_000), 64));
+    clock.advance(std::time::Duration::from_secs(60));
+    store
+}
+
 /// `touch_many` of 1,000 present keys, a [`presence::Heartbeats`] flush of
 /// 50,000 sockets' heartbeats, and `count` of a topic of 100,000 members, on
 /// any store, in the criterion group `group`: the same shapes for every

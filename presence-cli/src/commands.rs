@@ -112,6 +112,11 @@ pub async fn run(cli: Cli) -> CliResult<ExitCode> {
     let out = Printer { json: cli.json };
     let mut shutdown = Shutdown::listen()?;
     let action = Action::check(cli.command)?;
+    if let Action::Migrate = action {
+        presence::migrate(&cli.store).await?;
+        out.migrated(&cli.store)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let store = presence::connect(&cli.store).await?;
     let result = perform(action, &store, &cli.store, out, &mut shutdown).await;
     let closed = store.close().await;
@@ -206,6 +211,7 @@ async fn perform(
             }
             live.close().await;
         }
+        // Handled by `run` without opening the store.
         Action::Migrate => out.migrated(store_url)?,
         Action::Demo(args) => {
             return demo::run(store.clone(), store_url, args, out, shutdown).await;

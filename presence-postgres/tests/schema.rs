@@ -1,5 +1,6 @@
 //! Creating and upgrading the store's schema: concurrent start-up, upgrades
 //! of older schemas with their data, refusal of newer ones.
+#![cfg(feature = "testing")]
 
 use std::sync::Arc;
 

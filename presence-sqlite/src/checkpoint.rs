@@ -115,10 +115,12 @@ impl Checkpointer {
             // pass while this is set; one it is running makes this one
             // busy, and the next commit tries again.
             shared.seal.store(true, Ordering::Release);
+            let start = std::time::Instant::now();
             if let Some(copied) = passive_checkpoint(writer) {
                 shared.copied.store(copied, Ordering::Release);
                 shared.seal.store(false, Ordering::Release);
                 shared.seals.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(frames, took = ?start.elapsed(), "presence-sqlite sealed the WAL");
             }
             return;
         }
@@ -167,6 +169,7 @@ fn passive_checkpoint(conn: &Connection) -> Option<i64> {
         .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
             Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(2)?))
         })
+        .inspect_err(|error| tracing::warn!(%error, "presence-sqlite: a checkpoint failed"))
         .ok()?;
     (busy == 0 && copied >= 0).then_some(copied)
 }
@@ -190,9 +193,11 @@ fn run(conn: &Connection, shared: &Shared) {
         }
         // Copies every frame committed by now; another process's checkpoint
         // in progress makes it copy nothing.
+        let start = std::time::Instant::now();
         if let Some(copied) = passive_checkpoint(conn) {
             shared.copied.store(copied, Ordering::Release);
             shared.passes.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(copied, took = ?start.elapsed(), "presence-sqlite checkpoint");
         }
     }
 }

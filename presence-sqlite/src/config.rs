@@ -33,10 +33,17 @@ pub struct SqliteConfig {
     pub clock: Arc<dyn Clock>,
     /// Events kept per subscribed topic for a slow subscriber.
     pub event_buffer: usize,
-    /// Read connections (files only).
+    /// Read connections (files only), each owned by a reader thread of the
+    /// store. At least 1.
     pub read_connections: usize,
-    /// Most calls committed in one transaction by the writer.
+    /// Most calls committed in one transaction by the writer. At least 1.
     pub max_group: usize,
+    /// About how many expired entries `sweep_all` removes per turn of the
+    /// writer, so that other writes go on between its pieces instead of
+    /// waiting for the whole sweep (BENCHMARKS.md). A topic is never split:
+    /// a piece takes whole topics until it holds this many entries. At
+    /// least 1.
+    pub sweep_piece_rows: usize,
     /// The WAL's length, in 4 KiB pages, at which it starts over (files
     /// only): once this many pages are written, the writer finishes
     /// copying them into the file between two transactions. With
@@ -73,9 +80,27 @@ impl SqliteConfig {
             event_buffer: 1024,
             read_connections: 4,
             max_group: 1024,
+            sweep_piece_rows: 256,
             checkpoint_pages: 10_000,
             background_checkpoints: true,
         }
+    }
+
+    /// Refuses settings the store cannot work with, naming the field.
+    pub(crate) fn check(&self) -> Result<()> {
+        let positive = [
+            ("max_meta_bytes", self.max_meta_bytes),
+            ("event_buffer", self.event_buffer),
+            ("read_connections", self.read_connections),
+            ("max_group", self.max_group),
+            ("sweep_piece_rows", self.sweep_piece_rows),
+            ("checkpoint_pages", self.checkpoint_pages as usize),
+        ];
+        if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(Error::invalid(field, "must be at least 1"));
+        }
+        self.checked_prefix()?;
+        Ok(())
     }
 
     /// The table prefix, checked: it is written into SQL as an identifier.

@@ -2,12 +2,17 @@ use std::path::PathBuf;
 
 use presence_core::Error;
 
-/// What can go wrong underneath; callers see it as `Error::Backend`.
+/// The store's name in errors, metrics and logs.
+pub(crate) const BACKEND: &str = "sqlite";
+
+/// What can go wrong underneath; callers see it as `Error::Backend`, whose
+/// source chain reaches the driver's own error.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SqliteError {
-    #[error("{path}: not a SQLite database ({source})")]
+    #[error("{path}: not a SQLite database")]
     NotADatabase {
         path: PathBuf,
+        #[source]
         source: rusqlite::Error,
     },
     #[error(
@@ -23,25 +28,38 @@ pub(crate) enum SqliteError {
         "{path}: SQLite refused WAL mode (journal mode is {mode:?}); the store needs WAL, which some network file systems lack"
     )]
     NoWal { path: PathBuf, mode: String },
-    #[error("a stored row is not valid presence data: {0}")]
-    CorruptRow(String),
-    #[error("the transaction was not committed: {0}")]
-    Commit(String),
-    #[error("the store's writer thread has stopped")]
-    WriterGone,
-    #[error("read connection pool: {0}")]
-    Pool(String),
+    /// The group's transaction itself failed (BEGIN, a savepoint, COMMIT):
+    /// every call of the group fails with this one error, shared.
+    #[error("the write transaction of {calls} calls was not committed")]
+    Commit {
+        calls: usize,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("could not start the store's {thread} thread")]
+    Thread {
+        thread: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the store's {0} thread stopped unexpectedly")]
+    ThreadGone(&'static str),
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
 }
 
 impl From<SqliteError> for Error {
     fn from(error: SqliteError) -> Self {
-        Error::backend("sqlite", error)
+        Error::backend(BACKEND, error)
     }
 }
 
 /// Maps a driver error into the contract's error.
 pub(crate) fn db(error: rusqlite::Error) -> Error {
     SqliteError::Sqlite(error).into()
+}
+
+/// The error of a call made on (or racing) a closed store.
+pub(crate) fn closed() -> Error {
+    Error::Closed { backend: BACKEND }
 }

@@ -1,12 +1,15 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod checkpoint;
 mod config;
 mod error;
+mod reader;
 mod schema;
 mod sql;
 mod store;
+mod thread;
 mod writer;
 
 pub use config::{Location, SqliteConfig};
@@ -16,9 +19,11 @@ pub use schema::SCHEMA_VERSION;
 pub use store::SqliteStore;
 pub use writer::WriterStats;
 
-#[doc(hidden)]
+/// Hooks for tests that need a database as an older release of this crate
+/// left it. Behind the `testing` feature: not part of the stable API.
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing {
-    //! Hooks for this crate's own upgrade tests; not part of the API.
     use super::*;
 
     /// Creates the schema of `prefix` in `path` only up to `version`, as an

@@ -94,6 +94,12 @@ pub(crate) fn migrate(
             for migration in &MIGRATIONS[found..target] {
                 tx.execute_batch(&render(migration))?;
             }
+            tracing::info!(
+                prefix,
+                from = found,
+                to = target,
+                "presence-sqlite schema upgraded"
+            );
             tx.execute(&render("DELETE FROM {p}schema_version"), [])?;
             tx.execute(
                 &render("INSERT INTO {p}schema_version (version) VALUES (?1)"),
@@ -126,6 +132,7 @@ pub(crate) fn open_and_migrate(
         });
         match attempt {
             Err(error) if is_busy(&error) && std::time::Instant::now() < deadline => {
+                tracing::debug!(error = %error.chain(), "presence-sqlite open: busy, retrying");
                 std::thread::sleep(Duration::from_millis(20));
             }
             result => return result,

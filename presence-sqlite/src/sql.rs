@@ -7,9 +7,10 @@ use presence_core::{
     ConnectionId, Counts, Departure, Entry, Error, Event, Joined, Member, MemberId, Meta,
     PresenceKey, Reason, Result, Timestamp, Topic,
 };
+use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 
-use crate::error::{SqliteError, db};
+use crate::error::db;
 
 const COLUMNS: &str = "topic, member, connection, meta, joined_at, last_seen_at";
 
@@ -33,7 +34,7 @@ pub(crate) struct Sql {
     delete_member: String,
     delete_connection: String,
     sweep_topic: String,
-    sweep_all: String,
+    sweep_candidates: String,
     select_topic: String,
     select_member: String,
     count: String,
@@ -82,7 +83,12 @@ impl Sql {
             sweep_topic: render(
                 "DELETE FROM {p}entries WHERE topic = ?1 AND last_seen_at < ?2 RETURNING {removed}",
             ),
-            sweep_all: render("DELETE FROM {p}entries WHERE last_seen_at < ?1 RETURNING {removed}"),
+            // The topics of the oldest expired entries, through the
+            // `last_seen_at` index (which holds the topic: the table's key).
+            sweep_candidates: render(
+                "SELECT topic FROM {p}entries WHERE last_seen_at < ?1 \
+                 ORDER BY last_seen_at LIMIT ?2",
+            ),
             select_topic: render("SELECT {columns} FROM {p}entries WHERE topic = ?1"),
             select_member: render(
                 "SELECT {columns} FROM {p}entries WHERE topic = ?1 AND member = ?2",
@@ -95,29 +101,66 @@ impl Sql {
     }
 }
 
-fn corrupt(error: Error) -> Error {
-    SqliteError::CorruptRow(error.to_string()).into()
-}
-
-/// An entry from a row of `COLUMNS`.
-fn read_entry(row: &Row<'_>) -> Result<Entry> {
-    let text = |i: usize| {
-        row.get_ref(i)
-            .and_then(|v| Ok(v.as_str()?.to_owned()))
-            .map_err(db)
-    };
-    let key = PresenceKey::new(text(0)?, text(1)?, text(2)?).map_err(corrupt)?;
-    Ok(Entry {
-        key,
-        meta: Meta::from_json(&text(3)?).map_err(corrupt)?,
-        joined_at: Timestamp::from_millis(row.get(4).map_err(db)?),
-        last_seen_at: Timestamp::from_millis(row.get(5).map_err(db)?),
+/// The text of a column, if it holds valid UTF-8 text.
+fn text<'r>(row: &'r Row<'_>, column: usize) -> Result<Option<&'r str>> {
+    Ok(match row.get_ref(column).map_err(db)? {
+        ValueRef::Text(bytes) => std::str::from_utf8(bytes).ok(),
+        _ => None,
     })
 }
 
-/// Every entry a `COLUMNS` query yields.
+/// A stored row as a log line shows it: its columns as SQLite holds them.
+fn describe(row: &Row<'_>) -> String {
+    let column = |i: usize| match row.get_ref(i) {
+        Ok(ValueRef::Text(bytes)) => format!("{:?}", String::from_utf8_lossy(bytes)),
+        Ok(other) => format!("{:?}", other.data_type()),
+        Err(_) => "?".to_owned(),
+    };
+    format!("({}, {}, {})", column(0), column(1), column(2))
+}
+
+/// An entry from a row of `COLUMNS`; `Ok(None)` for a row whose ids or
+/// timestamps are not valid presence data (damage, a hand edit), which
+/// every read skips. A meta that cannot be read reads as `{}`, with a
+/// warning (`Meta::from_stored_json`).
+fn read_entry(row: &Row<'_>) -> Result<Option<Entry>> {
+    let ids = (text(row, 0)?, text(row, 1)?, text(row, 2)?);
+    let key = match ids {
+        (Some(t), Some(m), Some(c)) => PresenceKey::new(t, m, c).ok(),
+        _ => None,
+    };
+    let stamp = |i: usize| -> Result<Option<Timestamp>> {
+        Ok(match row.get_ref(i).map_err(db)? {
+            ValueRef::Integer(millis) => Some(Timestamp::from_millis(millis)),
+            _ => None,
+        })
+    };
+    let (Some(key), Some(joined_at), Some(last_seen_at)) = (key, stamp(4)?, stamp(5)?) else {
+        return Ok(None);
+    };
+    let meta = Meta::from_stored_json(text(row, 3)?.unwrap_or(""), &key);
+    Ok(Some(Entry {
+        key,
+        meta,
+        joined_at,
+        last_seen_at,
+    }))
+}
+
+/// Every entry a `COLUMNS` query yields, skipping (with a warning) rows
+/// that are not valid presence data.
 fn entries(conn: &Connection, sql: &str, params: impl Params) -> Result<Vec<Entry>> {
-    read_rows(conn, sql, params, read_entry)
+    let rows = read_rows(conn, sql, params, |row| {
+        let entry = read_entry(row)?;
+        if entry.is_none() {
+            tracing::warn!(
+                row = %describe(row),
+                "presence-sqlite: a stored entry's ids or times are not valid presence data; reads skip it"
+            );
+        }
+        Ok(entry)
+    })?;
+    Ok(rows.into_iter().flatten().collect())
 }
 
 /// Runs `sql` (a cached statement) and reads every row it yields.
@@ -136,6 +179,10 @@ fn read_rows<T>(
     Ok(read_all)
 }
 
+/// What a join finds of an entry already there: its meta as text (`None`
+/// if it is not text at all) and its `joined_at` (`None` if not a number).
+type Stored = (Option<String>, Option<i64>);
+
 /// `join` and `join_limited`.
 pub(crate) fn join(
     conn: &Connection,
@@ -151,21 +198,37 @@ pub(crate) fn join(
         key.connection.as_str(),
     );
     let meta_json = meta.to_json();
-    let (existing, present): (Option<(String, i64)>, bool) = conn
+    // The old meta as text (`None` if it is not text at all), and joined_at
+    // when the entry exists; a joined_at that is not a number (damage) is
+    // replaced by the re-join's time.
+    let (existing, present): (Option<Stored>, bool) = conn
         .prepare_cached(&sql.select_entry)
         .and_then(|mut s| {
             s.query_row(params![t, m, c], |r| {
-                let meta: Option<String> = r.get(0)?;
-                let joined_at: Option<i64> = r.get(1)?;
-                Ok((meta.zip(joined_at), r.get(2)?))
+                let exists = !matches!(r.get_ref(0)?, ValueRef::Null);
+                let old_meta = match r.get_ref(0)? {
+                    ValueRef::Text(bytes) => std::str::from_utf8(bytes).ok().map(str::to_owned),
+                    _ => None,
+                };
+                let joined_at = match r.get_ref(1)? {
+                    ValueRef::Integer(millis) => Some(millis),
+                    _ => None,
+                };
+                Ok((exists.then_some((old_meta, joined_at)), r.get(2)?))
             })
         })
         .map_err(db)?;
     if let Some((old_json, joined_at)) = existing {
+        let joined_at = joined_at.unwrap_or(now);
         conn.prepare_cached(&sql.refresh_entry)
             .and_then(|mut s| s.query_row(params![t, m, c, meta_json, now], |_| Ok(())))
             .map_err(db)?;
-        let changed = old_json != meta_json && Meta::from_json(&old_json).map_err(corrupt)? != meta;
+        // An old meta that cannot be read read as {} (and still does for
+        // anyone who read it): compare with that.
+        let changed = match &old_json {
+            Some(old) => old != &meta_json && Meta::from_stored_json(old, key) != meta,
+            None => !meta.is_empty(),
+        };
         let entry = Entry {
             key: key.clone(),
             meta,
@@ -236,16 +299,22 @@ pub(crate) fn update(
         key.member.as_str(),
         key.connection.as_str(),
     );
-    let joined_at: Option<i64> = conn
+    let joined_at: Option<Option<i64>> = conn
         .prepare_cached(&sql.refresh_entry)
         .and_then(|mut s| {
-            s.query_row(params![t, m, c, meta.to_json(), now], |r| r.get(0))
-                .optional()
+            s.query_row(params![t, m, c, meta.to_json(), now], |r| {
+                Ok(match r.get_ref(0)? {
+                    ValueRef::Integer(millis) => Some(millis),
+                    _ => None,
+                })
+            })
+            .optional()
         })
         .map_err(db)?;
     let Some(joined_at) = joined_at else {
         return Ok((None, Vec::new()));
     };
+    let joined_at = joined_at.unwrap_or(now);
     let entry = Entry {
         key: key.clone(),
         meta,
@@ -284,28 +353,45 @@ pub(crate) fn touch(
     Ok(absent)
 }
 
+/// What one `DELETE ... RETURNING REMOVED` removed.
+struct Removed {
+    departures: Vec<Departure>,
+    events: Vec<Event>,
+    /// Rows deleted, the invalid ones included.
+    rows: usize,
+}
+
 /// Runs a `DELETE ... RETURNING REMOVED` and turns what it removed into the
-/// call's departures and events.
-fn remove(
-    conn: &Connection,
-    delete: &str,
-    params: impl Params,
-    reason: Reason,
-) -> Result<(Vec<Departure>, Vec<Event>)> {
+/// call's departures and events. Rows that are not valid presence data are
+/// deleted without a departure, with a warning; the count triggers keep
+/// the counts right for them as for any row.
+fn remove(conn: &Connection, delete: &str, params: impl Params, reason: Reason) -> Result<Removed> {
     let mut gone: Vec<(Topic, MemberId)> = Vec::new();
-    let departures = read_rows(conn, delete, params, |row| {
-        let entry = read_entry(row)?;
+    let rows = read_rows(conn, delete, params, |row| {
+        let Some(entry) = read_entry(row)? else {
+            tracing::warn!(
+                row = %describe(row),
+                "presence-sqlite: deleted a stored entry whose ids or times are not valid presence data, without reporting a departure"
+            );
+            return Ok(None);
+        };
         if row.get::<_, bool>(6).map_err(db)? {
             gone.push((entry.key.topic.clone(), entry.key.member.clone()));
         }
-        Ok(Departure {
+        Ok(Some(Departure {
             entry,
             reason,
             last_for_member: false,
-        })
+        }))
     })?;
+    let deleted = rows.len();
+    let departures: Vec<Departure> = rows.into_iter().flatten().collect();
     if departures.is_empty() {
-        return Ok((Vec::new(), Vec::new()));
+        return Ok(Removed {
+            departures,
+            events: Vec::new(),
+            rows: deleted,
+        });
     }
     gone.sort_unstable();
     let departures = Departure::finish(departures, |topic, member| {
@@ -318,7 +404,16 @@ fn remove(
             departure: departure.clone(),
         })
         .collect();
-    Ok((departures, events))
+    Ok(Removed {
+        departures,
+        events,
+        rows: deleted,
+    })
+}
+
+/// A removal's result as the writer takes it.
+fn removal(removed: Removed) -> (Vec<Departure>, Vec<Event>) {
+    (removed.departures, removed.events)
 }
 
 /// `leave`.
@@ -332,7 +427,7 @@ pub(crate) fn leave(
         key.member.as_str(),
         key.connection.as_str()
     ];
-    remove(conn, &sql.delete_entry, params, Reason::Left)
+    remove(conn, &sql.delete_entry, params, Reason::Left).map(removal)
 }
 
 /// `leave_member`.
@@ -343,7 +438,7 @@ pub(crate) fn leave_member(
     member: &MemberId,
 ) -> Result<(Vec<Departure>, Vec<Event>)> {
     let params = params![topic.as_str(), member.as_str()];
-    remove(conn, &sql.delete_member, params, Reason::Left)
+    remove(conn, &sql.delete_member, params, Reason::Left).map(removal)
 }
 
 /// `disconnect`.
@@ -354,26 +449,83 @@ pub(crate) fn disconnect(
     connection: &ConnectionId,
 ) -> Result<(Vec<Departure>, Vec<Event>)> {
     let params = params![member.as_str(), connection.as_str()];
-    remove(conn, &sql.delete_connection, params, Reason::Disconnected)
+    remove(conn, &sql.delete_connection, params, Reason::Disconnected).map(removal)
 }
 
-/// `sweep` (one topic) or `sweep_all` (`None`).
+/// `sweep`: one topic, in one statement.
 pub(crate) fn sweep(
     conn: &Connection,
     sql: &Sql,
-    topic: Option<&Topic>,
+    topic: &Topic,
     older_than: Timestamp,
 ) -> Result<(Vec<Departure>, Vec<Event>)> {
+    let params = params![topic.as_str(), older_than.as_millis()];
+    remove(conn, &sql.sweep_topic, params, Reason::Expired).map(removal)
+}
+
+/// One piece of a `sweep_all`.
+#[derive(Debug)]
+pub(crate) struct SweepPiece {
+    /// Its departures, in the contract's order within each topic.
+    pub(crate) departures: Vec<Departure>,
+    /// Rows it deleted, invalid ones included.
+    pub(crate) rows: usize,
+    /// Whether expired entries may be left for another piece.
+    pub(crate) more: bool,
+}
+
+/// One piece of a `sweep_all`: the topics of the oldest expired entries,
+/// each swept whole (a topic is never split, so each stays atomic and a
+/// member's `last_for_member` is exact), until about `rows` entries are
+/// removed.
+pub(crate) fn sweep_piece(
+    conn: &Connection,
+    sql: &Sql,
+    older_than: Timestamp,
+    rows: usize,
+) -> Result<(SweepPiece, Vec<Event>)> {
     let older_than = older_than.as_millis();
-    match topic {
-        Some(topic) => remove(
+    let limit = i64::try_from(rows).unwrap_or(i64::MAX);
+    let sampled: Vec<Value> = read_rows(
+        conn,
+        &sql.sweep_candidates,
+        params![older_than, limit],
+        |row| row.get::<_, Value>(0).map_err(db),
+    )?;
+    // Each topic once, oldest first (a damaged topic that is not text is
+    // swept all the same: it is bound back exactly as stored).
+    let mut seen = HashSet::new();
+    let topics: Vec<&Value> = sampled
+        .iter()
+        .filter(|topic| {
+            seen.insert(match topic {
+                Value::Text(text) => text.clone().into_bytes(),
+                other => format!("{other:?}").into_bytes(),
+            })
+        })
+        .collect();
+    let mut piece = SweepPiece {
+        departures: Vec::new(),
+        rows: 0,
+        more: sampled.len() as i64 == limit,
+    };
+    let mut events = Vec::new();
+    for (swept, topic) in topics.iter().enumerate() {
+        let removed = remove(
             conn,
             &sql.sweep_topic,
-            params![topic.as_str(), older_than],
+            params![topic, older_than],
             Reason::Expired,
-        ),
-        None => remove(conn, &sql.sweep_all, params![older_than], Reason::Expired),
+        )?;
+        piece.rows += removed.rows;
+        piece.departures.extend(removed.departures);
+        events.extend(removed.events);
+        if piece.rows >= rows {
+            piece.more |= swept + 1 < topics.len();
+            break;
+        }
     }
+    Ok((piece, events))
 }
 
 /// `members`.
@@ -419,8 +571,15 @@ pub(crate) fn count(conn: &Connection, sql: &Sql, topic: &Topic) -> Result<Count
 
 /// `topics_of`.
 pub(crate) fn topics_of(conn: &Connection, sql: &Sql, member: &MemberId) -> Result<Vec<Topic>> {
-    read_rows(conn, &sql.topics_of, params![member.as_str()], |row| {
-        let name: String = row.get(0).map_err(db)?;
-        Topic::new(name).map_err(corrupt)
-    })
+    let topics = read_rows(conn, &sql.topics_of, params![member.as_str()], |row| {
+        let topic = text(row, 0)?.and_then(|name| Topic::new(name).ok());
+        if topic.is_none() {
+            tracing::warn!(
+                row = %describe(row),
+                "presence-sqlite: a stored topic is not a valid topic; topics_of skips it"
+            );
+        }
+        Ok(topic)
+    })?;
+    Ok(topics.into_iter().flatten().collect())
 }

@@ -1,16 +1,18 @@
 //! The one writer: a thread that owns the write connection and commits every
 //! call waiting for it as one transaction (group commit).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
 
-use presence_core::{Error, Event, Result, TopicBroadcast};
+use presence_core::{Error, Event, Result, SharedError, TopicBroadcast, metrics};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::checkpoint::{self, Checkpointer};
-use crate::error::SqliteError;
+use crate::error::{BACKEND, SqliteError, closed};
 use crate::sql::Sql;
+use crate::thread::Worker;
 
 /// Work for the writer: runs inside the group's transaction.
 type Work<T> = Box<dyn FnOnce(&Connection, &Sql) -> Result<(T, Vec<Event>)> + Send>;
@@ -28,8 +30,8 @@ struct Call<T> {
     reply: oneshot::Sender<Result<T>>,
 }
 
-/// Sends a caller its result, given the commit's error if there was one.
-type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
+/// Sends a caller its result, given the group's failure if there was one.
+type Finish = Box<dyn FnOnce(Option<&SharedError>) + Send>;
 
 /// A job's outcome, held until the commit decides it.
 struct Staged {
@@ -45,11 +47,13 @@ impl<T: Send + 'static> Job for Call<T> {
             Ok((value, events)) => Staged {
                 ok: true,
                 events,
-                finish: Box::new(move |commit_error| {
-                    let result = match commit_error {
+                finish: Box::new(move |failed| {
+                    let result = match failed {
                         None => Ok(value),
-                        Some(why) => Err(SqliteError::Commit(why.to_owned()).into()),
+                        Some(shared) => Err(shared.error()),
                     };
+                    // A caller that stopped waiting (a cancelled future, a
+                    // runtime shut down) is simply not answered.
                     let _ = reply.send(result);
                 }),
             },
@@ -91,48 +95,94 @@ struct Counters {
     commits: AtomicU64,
 }
 
+/// What the writer thread opens before it takes calls: the write connection
+/// (schema migrated) and, for files, the checkpointer beside it.
+pub(crate) type Open = Box<dyn FnOnce() -> Result<(Connection, Option<Checkpointer>)> + Send>;
+
+/// How the writer thread is set up.
+pub(crate) struct WriterSetup {
+    pub(crate) open: Open,
+    pub(crate) sql: Arc<Sql>,
+    pub(crate) channels: TopicBroadcast,
+    pub(crate) max_group: usize,
+    /// Threads the writer joins when it stops, before it closes its
+    /// connection (the reader threads): the write connection closes last,
+    /// so SQLite folds the WAL into the file and removes it.
+    pub(crate) before_closing: Arc<Mutex<Vec<Worker>>>,
+}
+
 /// The handle callers use to reach the writer thread.
 #[derive(Debug)]
 pub(crate) struct Writer {
-    /// `None` only while dropping.
-    jobs: Option<mpsc::Sender<Box<dyn Job>>>,
+    /// `None` once the store is stopping: no call is taken any more.
+    jobs: RwLock<Option<mpsc::Sender<Box<dyn Job>>>>,
+    stopping: AtomicBool,
     counters: Arc<Counters>,
     checkpoints: Option<Arc<checkpoint::Shared>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Held by a `close` while it waits, so a second `close` waits too.
+    thread: tokio::sync::Mutex<Option<Worker>>,
 }
 
 impl Writer {
-    /// Starts the writer thread on `conn`. It stops when every handle is gone.
-    pub(crate) fn spawn(
-        conn: Connection,
-        sql: Arc<Sql>,
-        channels: Arc<Mutex<TopicBroadcast>>,
-        max_group: usize,
-        checkpointer: Option<Checkpointer>,
-    ) -> std::io::Result<Self> {
-        let (jobs, receiver) = mpsc::channel(max_group.max(1) * 4);
+    /// Starts the writer thread, which opens the database; returns once it
+    /// is ready to take calls, or with the reason it could not open.
+    pub(crate) async fn start(setup: WriterSetup) -> Result<Self> {
+        let (jobs, receiver) = mpsc::channel(setup.max_group.max(1) * 4);
         let counters = Arc::new(Counters::default());
         let thread_counters = counters.clone();
-        let checkpoints = checkpointer.as_ref().map(Checkpointer::shared);
-        let thread = std::thread::Builder::new()
-            .name("presence-sqlite-writer".into())
-            .spawn(move || {
-                let group = max_group.max(1);
-                write_loop(
-                    conn,
-                    &sql,
-                    &channels,
-                    &thread_counters,
-                    checkpointer,
-                    receiver,
-                    group,
-                );
-            })?;
+        let (ready, opened) = oneshot::channel();
+        let worker = Worker::spawn("writer", move || {
+            let (conn, checkpointer) = match (setup.open)() {
+                Ok(opened) => opened,
+                Err(error) => {
+                    let _ = ready.send(Err(error));
+                    return;
+                }
+            };
+            let _ = ready.send(Ok(checkpointer.as_ref().map(Checkpointer::shared)));
+            Loop {
+                conn: &conn,
+                sql: &setup.sql,
+                channels: &setup.channels,
+                counters: &thread_counters,
+                checkpointer: checkpointer.as_ref(),
+                max_group: setup.max_group.max(1),
+            }
+            .run(receiver);
+            // Stop in order: the checkpointer (its connection), the readers
+            // (theirs), then this connection, the last; then end the event
+            // streams, after every committed event was queued.
+            drop(checkpointer);
+            let readers = std::mem::take(
+                &mut *setup
+                    .before_closing
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
+            readers.into_iter().for_each(Worker::join_blocking);
+            if let Err((_, error)) = conn.close() {
+                tracing::warn!(error = %error, "presence-sqlite: closing the write connection failed");
+            }
+            setup.channels.close();
+            tracing::debug!("presence-sqlite writer stopped");
+        })?;
+        let checkpoints = match opened.await {
+            Ok(Ok(checkpoints)) => checkpoints,
+            Ok(Err(error)) => {
+                worker.join().await;
+                return Err(error);
+            }
+            Err(_) => {
+                worker.join().await;
+                return Err(SqliteError::ThreadGone("writer").into());
+            }
+        };
         Ok(Self {
-            jobs: Some(jobs),
+            jobs: RwLock::new(Some(jobs)),
+            stopping: AtomicBool::new(false),
             counters,
             checkpoints,
-            thread: Some(thread),
+            thread: tokio::sync::Mutex::new(Some(worker)),
         })
     }
 
@@ -155,108 +205,132 @@ impl Writer {
         &self,
         work: impl FnOnce(&Connection, &Sql) -> Result<(T, Vec<Event>)> + Send + 'static,
     ) -> Result<T> {
+        let jobs = self
+            .jobs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(closed)?;
         let (reply, result) = oneshot::channel();
         let call: Box<dyn Job> = Box::new(Call {
             work: Box::new(work),
             reply,
         });
-        let jobs = self.jobs.as_ref().expect("the writer is running");
-        jobs.send(call)
-            .await
-            .map_err(|_| Error::from(SqliteError::WriterGone))?;
-        result
-            .await
-            .map_err(|_| Error::from(SqliteError::WriterGone))?
+        jobs.send(call).await.map_err(|_| self.gone())?;
+        drop(jobs);
+        result.await.map_err(|_| self.gone())?
     }
-}
 
-impl Drop for Writer {
-    /// Waits for the writer thread (and its checkpointer) to finish what
-    /// it was doing and close its connection, so that once a store is
-    /// dropped nothing writes to its file. Callers hold the store while
-    /// they wait, so no call is left waiting.
-    fn drop(&mut self) {
-        drop(self.jobs.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn write_loop(
-    conn: Connection,
-    sql: &Sql,
-    channels: &Mutex<TopicBroadcast>,
-    counters: &Counters,
-    checkpointer: Option<Checkpointer>,
-    mut receiver: mpsc::Receiver<Box<dyn Job>>,
-    max_group: usize,
-) {
-    while let Some(first) = receiver.blocking_recv() {
-        let mut group = vec![first];
-        while group.len() < max_group {
-            match receiver.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
-        }
-        counters
-            .calls
-            .fetch_add(group.len() as u64, Ordering::Relaxed);
-        if commit_group(&conn, sql, channels, group) {
-            counters.commits.fetch_add(1, Ordering::Relaxed);
-            if let Some(checkpointer) = &checkpointer {
-                checkpointer.committed(&conn);
-            }
-        }
-    }
-}
-
-/// One transaction for the whole group; each job in a savepoint of its own,
-/// so a failing job is rolled back alone and fails only its caller. Results
-/// and events are released only after COMMIT; if anything about the
-/// transaction itself fails, every caller of the group gets the error and
-/// nothing is applied. Returns whether the group committed.
-fn commit_group(
-    conn: &Connection,
-    sql: &Sql,
-    channels: &Mutex<TopicBroadcast>,
-    group: Vec<Box<dyn Job>>,
-) -> bool {
-    let mut jobs = group.into_iter();
-    if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
-        abort(conn, Vec::new(), jobs, &error);
-        return false;
-    }
-    let mut staged = Vec::with_capacity(jobs.len());
-    while let Some(job) = jobs.next() {
-        if let Err(error) = execute_cached(conn, "SAVEPOINT call") {
-            abort(conn, staged, std::iter::once(job).chain(jobs), &error);
-            return false;
-        }
-        let done = job.run(conn, sql);
-        let ended = if done.ok {
-            execute_cached(conn, "RELEASE call")
+    fn gone(&self) -> Error {
+        if self.stopping.load(Ordering::Acquire) {
+            closed()
         } else {
-            execute_cached(conn, "ROLLBACK TO call")
-                .and_then(|()| execute_cached(conn, "RELEASE call"))
-        };
-        staged.push(done);
-        if let Err(error) = ended {
-            abort(conn, staged, jobs, &error);
-            return false;
+            SqliteError::ThreadGone("writer").into()
         }
     }
-    if let Err(error) = conn.execute_batch("COMMIT") {
-        abort(conn, staged, jobs, &error);
-        return false;
+
+    /// Takes no more calls; the thread commits and answers the calls
+    /// already sent, then stops by itself.
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.jobs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
     }
-    let channels = channels.lock().unwrap_or_else(|e| e.into_inner());
-    for done in staged {
-        channels.send_all(done.events);
-        (done.finish)(None);
+
+    /// Waits for the thread, once [`stop`](Self::stop)ped: it has then
+    /// answered every call, joined the readers and the checkpointer, closed
+    /// its connection and ended the event streams.
+    pub(crate) async fn join(&self) {
+        let mut thread = self.thread.lock().await;
+        if let Some(worker) = thread.take() {
+            worker.join().await;
+        }
     }
-    true
+}
+
+/// The writer thread's loop and what it works with.
+struct Loop<'a> {
+    conn: &'a Connection,
+    sql: &'a Sql,
+    channels: &'a TopicBroadcast,
+    counters: &'a Counters,
+    checkpointer: Option<&'a Checkpointer>,
+    max_group: usize,
+}
+
+impl Loop<'_> {
+    /// Commits groups until every sender is gone and the queue is empty.
+    fn run(&self, mut receiver: mpsc::Receiver<Box<dyn Job>>) {
+        while let Some(first) = receiver.blocking_recv() {
+            let mut group = vec![first];
+            while group.len() < self.max_group {
+                match receiver.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
+            }
+            let calls = group.len();
+            self.counters
+                .calls
+                .fetch_add(calls as u64, Ordering::Relaxed);
+            let start = Instant::now();
+            if self.commit_group(group) {
+                let took = start.elapsed();
+                self.counters.commits.fetch_add(1, Ordering::Relaxed);
+                metrics::batch(BACKEND, "commit", calls);
+                metrics::commit(BACKEND, took);
+                tracing::debug!(calls, ?took, "presence-sqlite commit");
+                if let Some(checkpointer) = self.checkpointer {
+                    checkpointer.committed(self.conn);
+                }
+            }
+        }
+    }
+
+    /// One transaction for the whole group; each job in a savepoint of its
+    /// own, so a failing job is rolled back alone and fails only its caller.
+    /// Results and events are released only after COMMIT; if anything about
+    /// the transaction itself fails, every caller of the group gets the same
+    /// error and nothing is applied. Returns whether the group committed.
+    fn commit_group(&self, group: Vec<Box<dyn Job>>) -> bool {
+        let conn = self.conn;
+        let calls = group.len();
+        let mut jobs = group.into_iter();
+        if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
+            abort(conn, calls, Vec::new(), jobs, error);
+            return false;
+        }
+        let mut staged = Vec::with_capacity(jobs.len());
+        while let Some(job) = jobs.next() {
+            if let Err(error) = execute_cached(conn, "SAVEPOINT call") {
+                abort(conn, calls, staged, std::iter::once(job).chain(jobs), error);
+                return false;
+            }
+            let done = job.run(conn, self.sql);
+            let ended = if done.ok {
+                execute_cached(conn, "RELEASE call")
+            } else {
+                execute_cached(conn, "ROLLBACK TO call")
+                    .and_then(|()| execute_cached(conn, "RELEASE call"))
+            };
+            staged.push(done);
+            if let Err(error) = ended {
+                abort(conn, calls, staged, jobs, error);
+                return false;
+            }
+        }
+        if let Err(error) = conn.execute_batch("COMMIT") {
+            abort(conn, calls, staged, jobs, error);
+            return false;
+        }
+        for done in staged {
+            self.channels.send_all(done.events);
+            (done.finish)(None);
+        }
+        true
+    }
 }
 
 /// Runs a parameterless statement kept prepared (savepoints run per call).
@@ -264,21 +338,26 @@ fn execute_cached(conn: &Connection, statement: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(statement)?.execute([]).map(|_| ())
 }
 
-/// Rolls the group back and fails every caller in it, run or not.
+/// Rolls the group back and fails every caller in it, run or not, with one
+/// shared error that keeps SQLite's.
 fn abort(
     conn: &Connection,
+    calls: usize,
     staged: Vec<Staged>,
     unrun: impl Iterator<Item = Box<dyn Job>>,
-    error: &rusqlite::Error,
+    source: rusqlite::Error,
 ) {
-    if !conn.is_autocommit() {
-        let _ = conn.execute_batch("ROLLBACK");
+    if !conn.is_autocommit()
+        && let Err(error) = conn.execute_batch("ROLLBACK")
+    {
+        tracing::warn!(%error, "presence-sqlite: rolling back a failed group failed");
     }
-    let why = error.to_string();
+    tracing::warn!(calls, error = %source, "presence-sqlite: a group's transaction failed");
+    let shared = Error::from(SqliteError::Commit { calls, source }).share();
     for done in staged {
-        (done.finish)(Some(&why));
+        (done.finish)(Some(&shared));
     }
     for job in unrun {
-        job.fail(SqliteError::Commit(why.clone()).into());
+        job.fail(shared.error());
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures::future::join_all;
 use presence_core::{Error, Event, Meta, PresenceKey, PresenceStore, Topic};
-use presence_sqlite::{SCHEMA_VERSION, SqliteConfig, SqliteStore};
+use presence_sqlite::{SqliteConfig, SqliteStore};
 
 fn key(topic: &str, member: &str, connection: &str) -> PresenceKey {
     PresenceKey::new(topic, member, connection).unwrap()
@@ -13,6 +13,29 @@ fn key(topic: &str, member: &str, connection: &str) -> PresenceKey {
 
 async fn open(path: &std::path::Path) -> SqliteStore {
     SqliteStore::open(SqliteConfig::file(path)).await.unwrap()
+}
+
+/// Joins member `m{i}` to `topic(i)` for each `i` in `0..n`, from `n`
+/// tasks at once; each `i` with its result.
+async fn joins_at_once(
+    store: &Arc<SqliteStore>,
+    n: usize,
+    topic: fn(usize) -> &'static str,
+) -> Vec<(usize, presence_core::Result<presence_core::Joined>)> {
+    let joins = (0..n).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let joined = store
+                .join(&key(topic(i), &format!("m{i}"), "c"), Meta::new())
+                .await;
+            (i, joined)
+        })
+    });
+    join_all(joins)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
 }
 
 fn backend_message(error: Error) -> String {
@@ -30,16 +53,8 @@ async fn concurrent_joins_share_commits() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(open(&dir.path().join("p.db")).await);
     let before = store.writer_stats();
-    let joins = (0..64).map(|i| {
-        let store = store.clone();
-        tokio::spawn(async move {
-            store
-                .join(&key("room", &format!("m{i}"), "c"), Meta::new())
-                .await
-        })
-    });
-    for joined in join_all(joins).await {
-        assert!(!joined.unwrap().unwrap().was_present);
+    for (_, joined) in joins_at_once(&store, 64, |_| "room").await {
+        assert!(!joined.unwrap().was_present);
     }
     let stats = store.writer_stats();
     let (calls, commits) = (stats.calls - before.calls, stats.commits - before.commits);
@@ -74,21 +89,15 @@ async fn a_failing_call_fails_only_its_caller() {
     let room = Topic::new("room").unwrap();
     let mut events = store.subscribe(&room).await.unwrap();
     let before = store.writer_stats();
-    let joins = (0..64).map(|i| {
-        let store = store.clone();
-        let topic = if i % 4 == 0 { "poison" } else { "room" };
-        tokio::spawn(async move {
-            (
-                i,
-                store
-                    .join(&key(topic, &format!("m{i}"), "c"), Meta::new())
-                    .await,
-            )
-        })
-    });
-    for joined in join_all(joins).await {
-        let (i, result) = joined.unwrap();
-        if i % 4 == 0 {
+    let topic = |i: usize| {
+        if i.is_multiple_of(4) {
+            "poison"
+        } else {
+            "room"
+        }
+    };
+    for (i, result) in joins_at_once(&store, 64, topic).await {
+        if i.is_multiple_of(4) {
             assert!(backend_message(result.unwrap_err()).contains("poisoned topic"));
         } else {
             assert!(result.is_ok(), "join {i} failed: {result:?}");
@@ -162,46 +171,6 @@ async fn a_newer_schema_is_refused_and_kept() {
         .query_row("SELECT count(*) FROM presence_entries", [], |r| r.get(0))
         .unwrap();
     assert_eq!(rows, 1, "the data is still there");
-}
-
-#[tokio::test]
-async fn an_older_file_is_upgraded() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("old.db");
-    presence_sqlite::testing::create_schema_at(&path, "presence_", 1).unwrap();
-    // Rows an older release wrote, before per-topic counts existed.
-    let raw = rusqlite::Connection::open(&path).unwrap();
-    for (member, connection) in [("alice", "a"), ("alice", "b"), ("bob", "a")] {
-        raw.execute(
-            "INSERT INTO presence_entries VALUES ('room', ?1, ?2, '{}', 5, 7)",
-            [member, connection],
-        )
-        .unwrap();
-    }
-    drop(raw);
-
-    let store = open(&path).await;
-    let room = Topic::new("room").unwrap();
-    let counts = store.count(&room).await.unwrap();
-    assert_eq!(
-        (counts.members, counts.connections),
-        (2, 3),
-        "counts backfilled"
-    );
-    assert_eq!(store.members(&room).await.unwrap().len(), 2);
-    store.leave(&key("room", "bob", "a")).await.unwrap();
-    assert_eq!(
-        store.count(&room).await.unwrap().members,
-        1,
-        "and kept from then on"
-    );
-    let raw = rusqlite::Connection::open(&path).unwrap();
-    let version: i64 = raw
-        .query_row("SELECT version FROM presence_schema_version", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    assert_eq!(version, SCHEMA_VERSION as i64);
 }
 
 #[tokio::test]
@@ -326,37 +295,89 @@ async fn checkpoint_pages_bounds_the_wal() {
     }
 }
 
-/// Dropping the last clone of a store waits for its writer and checkpointer
-/// to close their connections: nothing writes to the file afterwards, and
-/// SQLite, closing the last connection, folds the WAL into the file and
-/// removes it. (Read connections, none here, close in the background.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropping_the_store_closes_its_writer() {
+/// A transaction that fails as a whole (here BEGIN, while another
+/// connection holds the write lock past the busy timeout) fails every call
+/// grouped into it with SQLite's own error as the cause: typed, reachable
+/// through the source chain, printed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_transaction_fails_its_callers_with_sqlite_s_error() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("closed.db");
-    let wal = dir.path().join("closed.db-wal");
-    for round in 0..5 {
-        let store = Arc::new(open(&path).await);
-        let joins = (0..64).map(|i| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let key = key("room", &format!("m{round}-{i}"), "c");
-                store.join(&key, Meta::new()).await.unwrap();
-            })
-        });
-        for join in join_all(joins).await {
-            join.unwrap();
-        }
-        assert!(
-            wal.exists(),
-            "round {round}: the store writes through a WAL"
-        );
-        drop(store);
-        assert!(!wal.exists(), "round {round}: the WAL outlived the store");
-    }
-    let raw = rusqlite::Connection::open(&path).unwrap();
-    let entries: i64 = raw
-        .query_row("SELECT COUNT(*) FROM presence_entries", [], |r| r.get(0))
+    let path = dir.path().join("p.db");
+    let mut config = SqliteConfig::file(&path);
+    config.busy_timeout = std::time::Duration::from_millis(100);
+    let store = Arc::new(SqliteStore::open(config).await.unwrap());
+    store
+        .join(&key("room", "first", "c"), Meta::new())
+        .await
         .unwrap();
-    assert_eq!(entries, 5 * 64);
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    for (_, joined) in joins_at_once(&store, 16, |_| "room").await {
+        let error = joined.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                Error::Backend {
+                    backend: "sqlite",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        let chain = error.chain().to_string();
+        assert!(chain.contains("database is locked"), "{chain}");
+        assert_eq!(chain.matches("sqlite backend").count(), 1, "{chain}");
+        let mut cause = std::error::Error::source(&error);
+        let mut sqlite = None;
+        while let Some(error) = cause {
+            if let Some(found) = error.downcast_ref::<rusqlite::Error>() {
+                sqlite = Some(found);
+            }
+            cause = error.source();
+        }
+        let sqlite = sqlite.unwrap_or_else(|| panic!("no rusqlite::Error in {chain}"));
+        assert_eq!(
+            sqlite.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy),
+            "{chain}"
+        );
+    }
+    raw.execute_batch("COMMIT").unwrap();
+    store
+        .join(&key("room", "after", "c"), Meta::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .count(&Topic::new("room").unwrap())
+            .await
+            .unwrap()
+            .members,
+        2,
+        "nothing of the failed groups was applied"
+    );
+}
+
+/// Settings the store cannot work with are refused by name.
+#[tokio::test]
+async fn zero_settings_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    type Set = fn(&mut SqliteConfig);
+    let zeroes: [(&str, Set); 6] = [
+        ("max_meta_bytes", |c| c.max_meta_bytes = 0),
+        ("event_buffer", |c| c.event_buffer = 0),
+        ("read_connections", |c| c.read_connections = 0),
+        ("max_group", |c| c.max_group = 0),
+        ("sweep_piece_rows", |c| c.sweep_piece_rows = 0),
+        ("checkpoint_pages", |c| c.checkpoint_pages = 0),
+    ];
+    for (field, set) in zeroes {
+        let mut config = SqliteConfig::file(&path);
+        set(&mut config);
+        let error = SqliteStore::open(config).await.unwrap_err();
+        assert_eq!(error.invalid_field(), Some(field), "{error}");
+    }
+    assert!(!path.exists(), "a refused setting touches no file");
 }

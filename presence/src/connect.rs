@@ -55,9 +55,9 @@ pub(crate) enum StoreUrl {
     SqliteFile(PathBuf, Common, SqliteSettings),
     /// `sqlite::memory:`
     SqliteMemory(Common, SqliteSettings),
-    /// `postgres://...`, `postgresql://...` or a key=value string, our
-    /// parameters taken out and the rest left for the driver.
-    Postgres(Common, PostgresSettings),
+    /// `postgres://...`, `postgresql://...` or a key=value string, read
+    /// whole by `PostgresConfig::from_url` (which knows its parameters).
+    Postgres(String),
 }
 
 /// The parameters every backend takes.
@@ -90,14 +90,6 @@ pub(crate) struct SqliteSettings {
     pub(crate) read_connections: Option<usize>,
     pub(crate) max_group: Option<usize>,
     pub(crate) checkpoint_pages: Option<u32>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct PostgresSettings {
-    /// The connection string handed to the driver, without our parameters.
-    pub(crate) url: String,
-    pub(crate) schema: Option<String>,
-    pub(crate) pool_size: Option<usize>,
 }
 
 /// The query parameters of one URL, each taken at most once; what is left
@@ -202,11 +194,11 @@ impl StoreUrl {
         if let Some(rest) = url.strip_prefix("sqlite:") {
             return Self::sqlite(rest);
         }
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Self::postgres_url(url);
-        }
-        if !url.contains("://") && url.contains('=') {
-            return Self::postgres_key_values(url);
+        if url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+            || (!url.contains("://") && url.contains('='))
+        {
+            return Ok(StoreUrl::Postgres(url.to_owned()));
         }
         let scheme = url.split(':').next().unwrap_or_default();
         Err(Error::invalid(
@@ -277,63 +269,6 @@ impl StoreUrl {
         ))
     }
 
-    fn postgres_url(text: &str) -> Result<Self> {
-        let mut url = url::Url::parse(text).map_err(|error| {
-            Error::invalid(
-                "url",
-                format!("is not a valid Postgres URL ({error}): {}", redact(text)),
-            )
-        })?;
-        let mut params = Params::new("postgres", url.query().unwrap_or(""))?;
-        let common = params.common()?;
-        let schema = params.take("schema");
-        let pool_size = params.number("pool_size", 1)?;
-        // The rest are the driver's (sslmode, connect_timeout, ...); it
-        // refuses the ones it does not know.
-        if params.pairs.is_empty() {
-            url.set_query(None);
-        } else {
-            let rest = form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(&params.pairs)
-                .finish();
-            url.set_query(Some(&rest));
-        }
-        Ok(StoreUrl::Postgres(
-            common,
-            PostgresSettings {
-                url: url.into(),
-                schema,
-                pool_size,
-            },
-        ))
-    }
-
-    fn postgres_key_values(text: &str) -> Result<Self> {
-        let mut ours = Vec::new();
-        let mut rest = Vec::new();
-        for token in key_value_tokens(text)? {
-            let key = token.split('=').next().unwrap_or_default().trim();
-            if ["schema", "pool_size", "max_meta_bytes", "event_buffer"].contains(&key) {
-                let value = token[token.find('=').map_or(token.len(), |at| at + 1)..].trim();
-                ours.push(format!(
-                    "{key}={}",
-                    form_urlencoded::byte_serialize(unquote(value).as_bytes()).collect::<String>()
-                ));
-            } else {
-                rest.push(token);
-            }
-        }
-        let mut params = Params::new("postgres", &ours.join("&"))?;
-        let common = params.common()?;
-        let settings = PostgresSettings {
-            url: rest.join(" "),
-            schema: params.take("schema"),
-            pool_size: params.number("pool_size", 1)?,
-        };
-        params.finish(&[])?;
-        Ok(StoreUrl::Postgres(common, settings))
-    }
-
     /// The Cargo feature of `presence-kit` that builds this URL's backend.
     pub(crate) fn feature(&self) -> &'static str {
         match self {
@@ -342,81 +277,6 @@ impl StoreUrl {
             StoreUrl::Postgres(..) => "postgres",
         }
     }
-}
-
-/// The `key=value` pieces of a libpq-style connection string, each whole
-/// (values may be single-quoted, with `\'` and `\\` escapes).
-fn key_value_tokens(text: &str) -> Result<Vec<&str>> {
-    let mut tokens = Vec::new();
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        if i == bytes.len() {
-            break;
-        }
-        let start = i;
-        while i < bytes.len() && bytes[i] != b'=' && !bytes[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        if i == bytes.len() || bytes[i] != b'=' {
-            return Err(Error::invalid(
-                "url",
-                "a key=value connection string needs key=value pairs",
-            ));
-        }
-        i += 1;
-        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        if i < bytes.len() && bytes[i] == b'\'' {
-            i += 1;
-            loop {
-                match bytes.get(i) {
-                    None => {
-                        return Err(Error::invalid(
-                            "url",
-                            "a quoted value in the connection string is not closed",
-                        ));
-                    }
-                    Some(b'\\') => i += 2,
-                    Some(b'\'') => {
-                        i += 1;
-                        break;
-                    }
-                    Some(_) => i += 1,
-                }
-            }
-        } else {
-            while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
-                i += 1;
-            }
-        }
-        tokens.push(&text[start..i.min(text.len())]);
-    }
-    Ok(tokens)
-}
-
-/// A key=value value without its quotes and escapes.
-fn unquote(value: &str) -> String {
-    let Some(inner) = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) else {
-        return value.to_owned();
-    };
-    let mut out = String::with_capacity(inner.len());
-    let mut chars = inner.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            out.extend(chars.next());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// A store URL or connection string with every secret replaced by `***`,
@@ -435,53 +295,27 @@ fn unquote(value: &str) -> String {
 /// );
 /// ```
 pub fn redact(url: &str) -> String {
-    const SECRETS: [&str; 2] = ["password", "sslpassword"];
-    if !url.contains("://") && url.contains('=') {
-        let Ok(tokens) = key_value_tokens(url) else {
-            return "<a connection string that could not be read>".to_owned();
-        };
-        return tokens
-            .iter()
-            .map(|token| {
-                let key = token.split('=').next().unwrap_or_default().trim();
-                if SECRETS.contains(&key) {
-                    format!("{key}=***")
-                } else {
-                    (*token).to_owned()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
+    let url = url.trim();
+    if url.contains("://") {
+        return presence_core::redact_url(url);
     }
-    let Some((scheme, rest)) = url.split_once("://") else {
+    if !url.contains('=') {
         return url.to_owned();
-    };
-    let (before_query, query) = match rest.split_once('?') {
-        Some((before, query)) => (before, Some(query)),
-        None => (rest, None),
-    };
-    let authority_end = before_query.find('/').unwrap_or(before_query.len());
-    let (authority, path) = before_query.split_at(authority_end);
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) if userinfo.contains(':') => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{user}:***@{host}")
-        }
-        _ => authority.to_owned(),
-    };
-    let mut redacted = format!("{scheme}://{authority}{path}");
-    if let Some(query) = query {
-        let pairs: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((key, _)) if SECRETS.contains(&key) => format!("{key}=***"),
-                _ => pair.to_owned(),
-            })
-            .collect();
-        redacted.push('?');
-        redacted.push_str(&pairs.join("&"));
     }
-    redacted
+    #[cfg(feature = "postgres")]
+    {
+        presence_postgres::redact(url)
+    }
+    #[cfg(not(feature = "postgres"))]
+    {
+        // A key=value string this build cannot read: mask it whole if it
+        // may hold a secret.
+        if url.contains("password") {
+            presence_core::MASK.to_owned()
+        } else {
+            url.to_owned()
+        }
+    }
 }
 
 /// The error for a URL whose backend was left out of the build.
@@ -513,7 +347,7 @@ fn feature_off(url: &StoreUrl) -> Error {
 /// | all | `max_meta_bytes`, `event_buffer` |
 /// | `memory` | `shards` |
 /// | `sqlite` | `mode` (`rwc`: create if missing, the default; `rw`: the file must exist), `busy_timeout` (`5s`), `table_prefix`, `read_connections`, `max_group`, `checkpoint_pages` |
-/// | `postgres` | `schema`, `pool_size`, and the driver's own (`sslmode`, `connect_timeout`, `application_name`, ...) |
+/// | `postgres` | `schema`, `pool_size`, `sslmode` (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`; the last three need the `tls` feature), `sslrootcert`, `migrate_on_open`, `sweep_chunk`, the timeouts (`connect_timeout`, `call_timeout`, `pool_wait_timeout`, ...; see [`PostgresConfig`](https://docs.rs/presence-postgres)), and the driver's own (`application_name`, ...) |
 ///
 /// An unknown parameter is refused, naming it. [`connect_with`] takes the
 /// common settings typed, with a clock.
@@ -552,6 +386,32 @@ pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Arc<dyn 
         return Err(Error::invalid("event_buffer", "must be at least 1"));
     }
     open(url, options).await
+}
+
+/// Creates or upgrades the schema of the store `url` names, without opening
+/// the store: the step to run before app servers that open their store with
+/// `migrate_on_open=false` (Postgres, under a role that may not create
+/// anything). SQLite files are opened and closed (their schema is migrated
+/// on open); a memory store has nothing to migrate. Safe when several
+/// processes migrate at once.
+///
+/// # Errors
+///
+/// As [`connect`]; a schema newer than this code is refused.
+pub async fn migrate(url: &str) -> Result<()> {
+    match StoreUrl::parse(url)? {
+        #[cfg(feature = "postgres")]
+        StoreUrl::Postgres(url) => {
+            let config = presence_postgres::PostgresConfig::from_url(&url)?;
+            presence_postgres::PostgresStore::migrate(&config)
+                .await
+                .map(drop)
+        }
+        parsed => {
+            let store = open(parsed, ConnectOptions::default()).await?;
+            store.close().await
+        }
+    }
 }
 
 #[allow(unused_variables)]
@@ -603,16 +463,13 @@ async fn open(url: StoreUrl, options: ConnectOptions) -> Result<Arc<dyn Presence
             Ok(Arc::new(presence_sqlite::SqliteStore::open(config).await?))
         }
         #[cfg(feature = "postgres")]
-        StoreUrl::Postgres(given, settings) => {
-            let given = common(given);
-            let mut config = presence_postgres::PostgresConfig::new(settings.url.clone());
+        StoreUrl::Postgres(url) => {
+            let mut config = presence_postgres::PostgresConfig::from_url(url)?;
             if let Some(clock) = options.clock {
                 config.clock = clock;
             }
-            set(&mut config.schema, settings.schema.clone());
-            set(&mut config.pool_size, settings.pool_size);
-            set(&mut config.max_meta_bytes, given.max_meta_bytes);
-            set(&mut config.event_buffer, given.event_buffer);
+            set(&mut config.max_meta_bytes, options.max_meta_bytes);
+            set(&mut config.event_buffer, options.event_buffer);
             Ok(Arc::new(
                 presence_postgres::PostgresStore::connect(config).await?,
             ))
@@ -662,17 +519,6 @@ mod tests {
         StoreUrl::SqliteFile(path.into(), Common::default(), SqliteSettings::default())
     }
 
-    fn postgres(url: &str, schema: Option<&str>) -> StoreUrl {
-        StoreUrl::Postgres(
-            Common::default(),
-            PostgresSettings {
-                url: url.into(),
-                schema: schema.map(str::to_owned),
-                pool_size: None,
-            },
-        )
-    }
-
     #[test]
     fn reads_every_form() {
         let memory = StoreUrl::Memory(Common::default(), MemorySettings::default());
@@ -688,21 +534,13 @@ mod tests {
             sqlite_file("/var/lib/presence.db")
         );
         assert_eq!(parse("sqlite:data/p.db"), sqlite_file("data/p.db"));
-        assert_eq!(
-            parse("postgres://u@h/db"),
-            postgres("postgres://u@h/db", None)
-        );
-        assert_eq!(
-            parse("postgresql://u@h/db?sslmode=disable&schema=rooms&connect_timeout=5"),
-            postgres(
-                "postgresql://u@h/db?sslmode=disable&connect_timeout=5",
-                Some("rooms")
-            )
-        );
-        assert_eq!(
-            parse("postgres://u@h/db?schema=rooms"),
-            postgres("postgres://u@h/db", Some("rooms"))
-        );
+        for url in [
+            "postgres://u@h/db",
+            "postgresql://u@h/db?sslmode=disable&schema=rooms&connect_timeout=5",
+            "host=db user=app schema=rooms",
+        ] {
+            assert_eq!(parse(url), StoreUrl::Postgres(url.into()));
+        }
     }
 
     #[test]
@@ -727,19 +565,22 @@ mod tests {
         assert_eq!((settings.shards, common.event_buffer), (Some(4), Some(16)));
     }
 
-    #[test]
-    fn key_value_postgres_strings_are_accepted() {
-        let StoreUrl::Postgres(common, settings) =
-            parse("host=db port=5432 user=app password='a \\' b' schema=rooms max_meta_bytes=100")
-        else {
-            panic!()
-        };
-        assert_eq!(settings.schema.as_deref(), Some("rooms"));
-        assert_eq!(common.max_meta_bytes, Some(100));
-        assert_eq!(
-            settings.url,
-            "host=db port=5432 user=app password='a \\' b'"
-        );
+    /// Postgres URLs and key=value strings are read by the backend, with
+    /// the same rules: parameters named, values checked, before connecting.
+    #[cfg(feature = "postgres")]
+    #[tokio::test]
+    async fn postgres_parameters_are_checked_before_connecting() {
+        for (url, field) in [
+            ("postgres://u@h/db?pool_size=none", "pool_size"),
+            ("postgres://u@h/db?colour=blue", "url"),
+            ("host=db user=app max_meta_bytes=zero", "max_meta_bytes"),
+            ("host=db password='open", "url"),
+        ] {
+            let err = connect(url).await.unwrap_err();
+            assert_eq!(err.invalid_field(), Some(field), "{url}: {err}");
+        }
+        let err = connect("postgres://app:s3cret@[bad/db").await.unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 
     #[test]
@@ -758,8 +599,6 @@ mod tests {
             ("sqlite://p.db?read_connections=0", "read_connections"),
             ("memory://?shards=0", "shards"),
             ("memory://?event_buffer=1&event_buffer=2", "url"),
-            ("postgres://u@h/db?pool_size=none", "pool_size"),
-            ("host=db password='open", "url"),
         ] {
             let err = StoreUrl::parse(url).unwrap_err();
             assert_eq!(err.invalid_field(), Some(field), "{url}: {err}");
@@ -791,8 +630,6 @@ mod tests {
         ] {
             assert_eq!(redact(url), redacted);
         }
-        let err = StoreUrl::parse("postgres://app:s3cret@[bad/db").unwrap_err();
-        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub use channels::{
     Access, ChannelConfig, ChannelMember, ChannelMembers, ChannelUpdate, ChannelUpdates, Channels,
     Enricher, Resolver,
 };
-pub use connect::{ConnectOptions, connect, connect_with, redact};
+pub use connect::{ConnectOptions, connect, connect_with, migrate, redact};
 pub use heartbeats::{AbsentHandler, Heartbeats};
 pub use live::{Diff, LiveMembers, LiveUpdate, LiveUpdates};
 pub use presence_core::*;

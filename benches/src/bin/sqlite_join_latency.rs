@@ -18,7 +18,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use benches::ms;
 
 use presence_core::PresenceStore;
 use presence_sqlite::{SqliteConfig, SqliteStore};
@@ -54,7 +56,7 @@ fn main() {
                 keys,
                 TASKS,
             ));
-            let at = |q: f64| calls[((calls.len() - 1) as f64 * q) as usize];
+            let at = |q: f64| benches::percentile(&calls, q);
             let (per_join, rate) = match before {
                 Some((disk, before)) => {
                     let bytes = disk.written().saturating_sub(before) as f64;
@@ -80,10 +82,6 @@ fn main() {
         Ok(rate) => println!("sequential write with one fdatasync, same directory: {rate:.0} MB/s"),
         Err(error) => println!("sequential write: {error}"),
     }
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
 /// The block device a directory is on, as `/proc/diskstats` names it.
