@@ -1,0 +1,61 @@
+//! The Lua scripts, compiled in. Writing scripts start with `lua/lib.lua`.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+macro_rules! with_lib {
+    ($file:literal) => {
+        concat!(include_str!("../lua/lib.lua"), include_str!($file))
+    };
+}
+
+pub(crate) struct Scripts {
+    pub(crate) join: Script,
+    pub(crate) update: Script,
+    pub(crate) touch: Script,
+    pub(crate) leave: Script,
+    pub(crate) leave_member: Script,
+    pub(crate) sweep: Script,
+    pub(crate) members: Script,
+    pub(crate) member: Script,
+    pub(crate) count: Script,
+    pub(crate) due: Script,
+    pub(crate) index: Script,
+    pub(crate) unindex: Script,
+}
+
+pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    join: Script::new(with_lib!("../lua/join.lua")),
+    update: Script::new(with_lib!("../lua/update.lua")),
+    touch: Script::new(with_lib!("../lua/touch.lua")),
+    leave: Script::new(with_lib!("../lua/leave.lua")),
+    leave_member: Script::new(with_lib!("../lua/leave_member.lua")),
+    sweep: Script::new(with_lib!("../lua/sweep.lua")),
+    members: Script::new(include_str!("../lua/members.lua")),
+    member: Script::new(include_str!("../lua/member.lua")),
+    count: Script::new(include_str!("../lua/count.lua")),
+    due: Script::new(include_str!("../lua/due.lua")),
+    index: Script::new(include_str!("../lua/index.lua")),
+    unindex: Script::new(include_str!("../lua/unindex.lua")),
+});
+
+impl Scripts {
+    /// Every script, to load them all at connect.
+    pub(crate) fn all(&self) -> [&Script; 12] {
+        [
+            &self.join,
+            &self.update,
+            &self.touch,
+            &self.leave,
+            &self.leave_member,
+            &self.sweep,
+            &self.members,
+            &self.member,
+            &self.count,
+            &self.due,
+            &self.index,
+            &self.unindex,
+        ]
+    }
+}

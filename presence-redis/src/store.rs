@@ -1,0 +1,1212 @@
+//! `RedisStore`: the `PresenceStore` contract in Redis, on one server or a
+//! Redis Cluster.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::future::join_all;
+use presence_core::{
+    Clock, ConnectionId, Counts, Departure, Entry, Error, EventStream, Joined, Member, MemberId,
+    Meta, PresenceKey, PresenceStore, Reason, Result, Timestamp, Topic, check_batch, metrics,
+};
+use redis::{Script, Value};
+
+use crate::batch::Batcher;
+use crate::config::{RedisConfig, redact};
+use crate::conn::{BACKEND, Conn, Target, bounded};
+use crate::events::{Events, Settings};
+use crate::keys::{BUCKETS, Keys, bucket};
+use crate::scripts::SCRIPTS;
+use crate::shards::ShardMap;
+use crate::wire::{self, Malformed};
+
+/// How many per-topic sweeps (or bucket reads) run at once in `sweep_all`.
+const SWEEP_CONCURRENCY: usize = 8;
+
+/// A random entry token: 53 bits (exact in a sorted set's score), never 0.
+pub(crate) fn random_token() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u32(std::process::id());
+    (hasher.finish() & ((1 << 53) - 1)).max(1)
+}
+
+/// The Redis store: every per-topic call is one Lua script on the topic's
+/// shard; events travel over (sharded) pub/sub, so a subscriber sees the
+/// changes of every process. See the crate docs for the data layout.
+///
+/// Cloning is cheap and clones share the connections.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Db>,
+    events: Events,
+    joins: Batcher<JoinRequest, Joined>,
+    touches: Batcher<(PresenceKey, i64), bool>,
+    leaves: Batcher<PresenceKey, Option<Departure>>,
+    /// Calls in flight hold it shared; `close` takes it exclusively.
+    gate: tokio::sync::RwLock<()>,
+    closed: AtomicBool,
+}
+
+/// The connection and what every call needs.
+struct Db {
+    config: RedisConfig,
+    keys: Keys,
+    cluster: bool,
+    publish: &'static str,
+    conn: RwLock<Option<Conn>>,
+    shards: ShardMap,
+}
+
+/// One caller's join, as queued for a batch.
+struct JoinRequest {
+    key: PresenceKey,
+    meta: Meta,
+    now: i64,
+    max_members: Option<u32>,
+    token: u64,
+}
+
+/// The join script's answer for one join: outcome, joined_at,
+/// first_for_member, the entry's token.
+type JoinOutcome = (Vec<u8>, i64, bool, u64);
+
+/// A script call under construction.
+#[derive(Default)]
+struct Call {
+    keys: Vec<String>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Call {
+    fn arg(&mut self, arg: impl fmt::Display) -> &mut Self {
+        self.args.push(arg.to_string().into_bytes());
+        self
+    }
+
+    fn bytes(&mut self, arg: Vec<u8>) -> &mut Self {
+        self.args.push(arg);
+        self
+    }
+}
+
+/// The topics of one batched script call, numbered from 1 in order of first
+/// use.
+#[derive(Default)]
+struct Topics {
+    list: Vec<Topic>,
+    numbers: HashMap<Topic, usize>,
+}
+
+impl Topics {
+    fn number(&mut self, topic: &Topic) -> usize {
+        if let Some(n) = self.numbers.get(topic) {
+            return *n;
+        }
+        self.list.push(topic.clone());
+        self.numbers.insert(topic.clone(), self.list.len());
+        self.list.len()
+    }
+
+    /// The call's keys (six per topic) and its topic header arguments:
+    /// n, then the names.
+    fn add_to(&self, keys: &Keys, call: &mut Call) {
+        for topic in &self.list {
+            call.keys.extend(keys.topic(topic));
+        }
+        call.arg(self.list.len());
+        for topic in &self.list {
+            call.arg(topic);
+        }
+    }
+}
+
+/// `member\0connection`.
+pub(crate) fn field(member: &str, connection: &str) -> Vec<u8> {
+    let mut field = Vec::with_capacity(member.len() + connection.len() + 1);
+    field.extend_from_slice(member.as_bytes());
+    field.push(0);
+    field.extend_from_slice(connection.as_bytes());
+    field
+}
+
+/// `connection\0topic`: an element of a member's index.
+fn element(connection: &str, topic: &str) -> Vec<u8> {
+    field(connection, topic)
+}
+
+/// One change to a member's index: set `element` to `token`, or (with
+/// `expected`) change it only while it still carries `expected`; a new
+/// token of 0 removes it.
+struct IndexChange {
+    member: MemberId,
+    element: Vec<u8>,
+    expected: Option<u64>,
+    token: u64,
+}
+
+impl Db {
+    fn conn(&self) -> Result<Conn> {
+        self.conn
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(Error::Closed { backend: BACKEND })
+    }
+
+    fn timeout(&self) -> Duration {
+        self.config.command_timeout
+    }
+
+    fn now(&self) -> i64 {
+        self.config.clock.now().as_millis()
+    }
+
+    /// The shard group of an id: everything on one server is one group; on
+    /// a cluster, each bucket is one (its keys share a slot).
+    fn group(&self, id: &str) -> u32 {
+        if self.cluster { bucket(id) } else { 0 }
+    }
+
+    /// Runs a script (by SHA, loading it on NOSCRIPT), bounded in time.
+    async fn run(&self, what: &'static str, script: &Script, call: Call) -> Result<Value> {
+        let mut conn = self.conn()?;
+        let mut invocation = script.prepare_invoke();
+        for key in &call.keys {
+            invocation.key(key);
+        }
+        for arg in &call.args {
+            invocation.arg(arg.as_slice());
+        }
+        bounded(
+            what,
+            self.timeout(),
+            invocation.invoke_async::<Value>(&mut conn),
+        )
+        .await
+    }
+
+    /// Runs one plain command, bounded in time.
+    async fn command(&self, what: &'static str, cmd: redis::Cmd) -> Result<Value> {
+        let mut conn = self.conn()?;
+        bounded(what, self.timeout(), cmd.query_async::<Value>(&mut conn)).await
+    }
+
+    /// Many callers' joins: one script call per shard group, then each
+    /// entry's member index; an answer per request, in order.
+    async fn join_batch(&self, requests: Vec<JoinRequest>) -> Vec<Result<Joined>> {
+        let started = Instant::now();
+        let mut groups: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (i, request) in requests.iter().enumerate() {
+            groups
+                .entry(self.group(&request.key.topic))
+                .or_default()
+                .push(i);
+        }
+        let calls = groups.into_values().map(|members| {
+            let requests = &requests;
+            async move {
+                let mut topics = Topics::default();
+                let mut joins = Call::default();
+                // One server: the script writes the member indexes too.
+                let mut members_here: Vec<&MemberId> = Vec::new();
+                let mut member_numbers: HashMap<&MemberId, usize> = HashMap::new();
+                for &i in &members {
+                    let r = &requests[i];
+                    let u = if self.cluster {
+                        0
+                    } else {
+                        *member_numbers.entry(&r.key.member).or_insert_with(|| {
+                            members_here.push(&r.key.member);
+                            members_here.len()
+                        })
+                    };
+                    joins
+                        .arg(topics.number(&r.key.topic))
+                        .arg(&r.key.member)
+                        .arg(&r.key.connection)
+                        .arg(r.meta.to_json())
+                        .arg(r.now)
+                        .arg(r.token)
+                        .arg(r.max_members.map_or(-1, i64::from))
+                        .arg(u);
+                }
+                let mut call = Call::default();
+                call.arg(self.publish);
+                topics.add_to(&self.keys, &mut call);
+                call.keys
+                    .extend(members_here.iter().map(|m| self.keys.member(m)));
+                call.args.append(&mut joins.args);
+                let answers = self.run("join", &SCRIPTS.join, call).await;
+                (members, answers)
+            }
+        });
+        let mut outcomes: Vec<Option<Result<JoinOutcome>>> =
+            (0..requests.len()).map(|_| None).collect();
+        for (members, answers) in join_all(calls).await {
+            match answers {
+                Ok(value) => {
+                    let rows = wire::array(value);
+                    if rows.len() != members.len() {
+                        let error = Error::backend(BACKEND, Malformed("join")).share();
+                        for i in members {
+                            outcomes[i] = Some(Err(error.error()));
+                        }
+                        continue;
+                    }
+                    for (i, row) in members.into_iter().zip(rows) {
+                        let row = wire::array(row);
+                        let parsed = match row.as_slice() {
+                            [outcome, joined, first, token] => wire::bytes(outcome)
+                                .zip(wire::int(joined))
+                                .zip(wire::int(first))
+                                .zip(wire::int(token))
+                                .map(|(((o, j), f), t)| (o.to_vec(), j, f == 1, t as u64)),
+                            _ => None,
+                        };
+                        outcomes[i] =
+                            Some(parsed.ok_or_else(|| Error::backend(BACKEND, Malformed("join"))));
+                    }
+                }
+                Err(error) => {
+                    let error = error.share();
+                    for i in members {
+                        outcomes[i] = Some(Err(error.error()));
+                    }
+                }
+            }
+        }
+        // The second step (on a cluster; one server did it in the script):
+        // every entry joined is in its member's index.
+        let mut changes = Vec::new();
+        let mut changed = Vec::new();
+        for (i, outcome) in outcomes.iter().enumerate() {
+            if let Some(Ok((outcome, _, _, token))) = outcome
+                && outcome != b"full"
+                && self.cluster
+            {
+                let key = &requests[i].key;
+                changes.push(IndexChange {
+                    member: key.member.clone(),
+                    element: element(&key.connection, &key.topic),
+                    expected: None,
+                    token: *token,
+                });
+                changed.push(i);
+            }
+        }
+        let indexed = self.change_index(changes).await;
+        for (i, result) in changed.into_iter().zip(indexed) {
+            if let Err(error) = result {
+                outcomes[i] = Some(Err(error));
+            }
+        }
+        metrics::commit(BACKEND, started.elapsed());
+        requests
+            .into_iter()
+            .zip(outcomes)
+            .map(|(request, outcome)| {
+                let (outcome, joined_at, first_for_member, _) =
+                    outcome.unwrap_or_else(|| Err(Error::backend(BACKEND, Malformed("join"))))?;
+                if outcome == b"full" {
+                    metrics::join_refused(BACKEND);
+                    return Err(Error::TopicFull {
+                        topic: request.key.topic,
+                        max_members: request.max_members.unwrap_or(0),
+                    });
+                }
+                let joined = Joined {
+                    entry: Entry {
+                        key: request.key,
+                        meta: request.meta,
+                        joined_at: Timestamp::from_millis(joined_at),
+                        last_seen_at: Timestamp::from_millis(request.now),
+                    },
+                    first_for_member,
+                    was_present: outcome == b"rejoined",
+                };
+                metrics::joined(BACKEND, &joined);
+                Ok(joined)
+            })
+            .collect()
+    }
+
+    /// Applies index changes, one script call per member group; a result
+    /// per change, in order.
+    async fn change_index(&self, changes: Vec<IndexChange>) -> Vec<Result<()>> {
+        let mut groups: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (i, change) in changes.iter().enumerate() {
+            groups
+                .entry(self.group(&change.member))
+                .or_default()
+                .push(i);
+        }
+        let calls = groups.into_values().map(|positions| {
+            let changes = &changes;
+            async move {
+                let mut call = Call::default();
+                let mut numbers: HashMap<&MemberId, usize> = HashMap::new();
+                let swap = changes[positions[0]].expected.is_some();
+                for &i in &positions {
+                    let change = &changes[i];
+                    let n = *numbers.entry(&change.member).or_insert_with(|| {
+                        call.keys.push(self.keys.member(&change.member));
+                        call.keys.len()
+                    });
+                    call.arg(n).bytes(change.element.clone());
+                    if let Some(expected) = change.expected {
+                        call.arg(expected);
+                    }
+                    call.arg(change.token);
+                }
+                let script = if swap {
+                    &SCRIPTS.unindex
+                } else {
+                    &SCRIPTS.index
+                };
+                let done = self.run("index", script, call).await.map(|_| ());
+                (positions, done)
+            }
+        });
+        let mut results: Vec<Result<()>> = (0..changes.len()).map(|_| Ok(())).collect();
+        for (positions, done) in join_all(calls).await {
+            if let Err(error) = done {
+                let error = error.share();
+                for i in positions {
+                    results[i] = Err(error.error());
+                }
+            }
+        }
+        results
+    }
+
+    /// Takes removed entries out of their members' indexes. Best effort: an
+    /// element left behind (a failure here, or a process that died) is
+    /// found stale and removed by the next `topics_of` or `disconnect` of
+    /// its member.
+    async fn unindex(&self, removed: impl IntoIterator<Item = (MemberId, Vec<u8>, u64)>) {
+        let changes: Vec<IndexChange> = removed
+            .into_iter()
+            .map(|(member, element, token)| IndexChange {
+                member,
+                element,
+                expected: Some(token),
+                token: 0,
+            })
+            .collect();
+        if changes.is_empty() {
+            return;
+        }
+        for result in self.change_index(changes).await {
+            if let Err(error) = result {
+                tracing::warn!(error = %error.chain(), "removing member index elements failed; they are healed later");
+                return;
+            }
+        }
+    }
+
+    /// Removes given connections (a leave batch, or a disconnect's step),
+    /// one script call per shard group; each key's departure, the first
+    /// request of a key getting it.
+    async fn remove_keys(
+        &self,
+        keys: &[PresenceKey],
+        reason: Reason,
+    ) -> Vec<Result<Option<Departure>>> {
+        let kind = match reason {
+            Reason::Disconnected => "D",
+            _ => "L",
+        };
+        let mut groups: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            groups.entry(self.group(&key.topic)).or_default().push(i);
+        }
+        let calls = groups.into_values().map(|positions| async move {
+            let mut topics = Topics::default();
+            let mut pairs = Call::default();
+            for &i in &positions {
+                let key = &keys[i];
+                pairs
+                    .arg(topics.number(&key.topic))
+                    .bytes(field(&key.member, &key.connection));
+            }
+            let mut call = Call::default();
+            call.arg(self.publish).arg(kind);
+            topics.add_to(&self.keys, &mut call);
+            call.args.append(&mut pairs.args);
+            let rows = self.run("leave", &SCRIPTS.leave, call).await;
+            (positions, rows.map(|rows| (topics.list, rows)))
+        });
+        let mut results: Vec<Result<Option<Departure>>> =
+            (0..keys.len()).map(|_| Ok(None)).collect();
+        let mut removed = Vec::new();
+        for (positions, rows) in join_all(calls).await {
+            match rows {
+                Ok((topics, rows)) => {
+                    let rows = wire::array(rows);
+                    let mut by_key: HashMap<PresenceKey, Departure> = HashMap::new();
+                    for row in rows.chunks(8) {
+                        let Some((_, departure, token)) = wire::departure_row(row, &topics, reason)
+                        else {
+                            continue;
+                        };
+                        if let Some(departure) = departure {
+                            let key = &departure.entry.key;
+                            removed.push((
+                                key.member.clone(),
+                                element(&key.connection, &key.topic),
+                                token,
+                            ));
+                            by_key.insert(key.clone(), departure);
+                        }
+                    }
+                    for i in positions {
+                        results[i] = Ok(by_key.remove(&keys[i]));
+                    }
+                }
+                Err(error) => {
+                    let error = error.share();
+                    for i in positions {
+                        results[i] = Err(error.error());
+                    }
+                }
+            }
+        }
+        self.unindex(removed).await;
+        results
+    }
+
+    /// The departures of removal rows, their entries taken out of the
+    /// member indexes; in the contract's order.
+    async fn finish_removal(
+        &self,
+        rows: Vec<Value>,
+        topics: &[Topic],
+        reason: Reason,
+        indexed: bool,
+    ) -> Vec<Departure> {
+        let mut departures = Vec::new();
+        let mut removed = Vec::new();
+        for row in rows.chunks(8) {
+            if let Some((_, Some(departure), token)) = wire::departure_row(row, topics, reason) {
+                let key = &departure.entry.key;
+                removed.push((
+                    key.member.clone(),
+                    element(&key.connection, &key.topic),
+                    token,
+                ));
+                departures.push(departure);
+            }
+        }
+        if !indexed {
+            self.unindex(removed).await;
+        }
+        departures.sort_by(|a, b| a.entry.key.cmp(&b.entry.key));
+        metrics::departed(BACKEND, &departures);
+        departures
+    }
+
+    /// Refreshes `last_seen_at` of keys; whether each was present.
+    async fn touch_batch(&self, keys: &[(PresenceKey, i64)]) -> Vec<Result<bool>> {
+        let mut groups: BTreeMap<(u32, i64), Vec<usize>> = BTreeMap::new();
+        for (i, (key, now)) in keys.iter().enumerate() {
+            groups
+                .entry((self.group(&key.topic), *now))
+                .or_default()
+                .push(i);
+        }
+        let calls = groups.into_iter().map(|((_, now), positions)| async move {
+            let mut topics = Topics::default();
+            let mut pairs = Call::default();
+            for &i in &positions {
+                let key = &keys[i].0;
+                pairs
+                    .arg(topics.number(&key.topic))
+                    .bytes(field(&key.member, &key.connection));
+            }
+            let mut call = Call::default();
+            call.arg(now);
+            topics.add_to(&self.keys, &mut call);
+            call.args.append(&mut pairs.args);
+            let answer = self.run("touch", &SCRIPTS.touch, call).await;
+            (positions, answer)
+        });
+        let mut results: Vec<Result<bool>> = (0..keys.len()).map(|_| Ok(false)).collect();
+        for (positions, answer) in join_all(calls).await {
+            match answer.map(wire::array) {
+                Ok(flags) if flags.len() == positions.len() => {
+                    for (i, flag) in positions.into_iter().zip(flags) {
+                        results[i] = Ok(wire::int(&flag) == Some(1));
+                    }
+                }
+                Ok(_) => {
+                    let error = Error::backend(BACKEND, Malformed("touch")).share();
+                    for i in positions {
+                        results[i] = Err(error.error());
+                    }
+                }
+                Err(error) => {
+                    let error = error.share();
+                    for i in positions {
+                        results[i] = Err(error.error());
+                    }
+                }
+            }
+        }
+        results
+    }
+
+    /// Sweeps one topic, piece by piece; the raw rows.
+    async fn sweep_topic(&self, topic: &Topic, older_than: i64) -> Result<Vec<Value>> {
+        let mut rows = Vec::new();
+        loop {
+            let mut call = Call::default();
+            call.keys.extend(self.keys.topic(topic));
+            call.arg(self.publish)
+                .arg(topic)
+                .arg(older_than)
+                .arg(self.config.sweep_piece);
+            // One server: the script updates the member indexes itself.
+            if self.cluster {
+                call.arg("");
+            } else {
+                call.arg(&self.config.key_prefix);
+            }
+            let mut answer = wire::array(self.run("sweep", &SCRIPTS.sweep, call).await?);
+            if answer.is_empty() {
+                return Err(Error::backend(BACKEND, Malformed("sweep")));
+            }
+            let more = wire::int(&answer.remove(0)) == Some(1);
+            rows.append(&mut answer);
+            if !more {
+                return Ok(rows);
+            }
+        }
+    }
+
+    /// The topics whose bucket index says they may hold entries last seen
+    /// before `older_than`.
+    async fn due_topics(&self, older_than: i64) -> Result<Vec<Topic>> {
+        let limit = 100_000;
+        let read = |buckets: Vec<u32>| async move {
+            let mut call = Call::default();
+            call.keys.push(self.keys.index(buckets[0]));
+            call.arg(older_than).arg(limit);
+            for b in &buckets {
+                call.arg(self.keys.index(*b));
+            }
+            let pairs = wire::array(self.run("due", &SCRIPTS.due, call).await?);
+            Ok::<Vec<Topic>, Error>(
+                pairs
+                    .chunks(2)
+                    .filter_map(|pair| {
+                        let name = std::str::from_utf8(wire::bytes(pair.get(1)?)?).ok()?;
+                        Topic::new(name).ok()
+                    })
+                    .collect(),
+            )
+        };
+        if !self.cluster {
+            return read((0..BUCKETS).collect()).await;
+        }
+        let groups = match self.shards.get() {
+            Some(groups) => groups,
+            None => match self
+                .command(
+                    "reading the slot map",
+                    redis::cmd("CLUSTER").arg("SLOTS").to_owned(),
+                )
+                .await
+            {
+                Ok(slots) => self.shards.learn(slots),
+                Err(_) => (0..BUCKETS).map(|b| vec![b]).collect(),
+            },
+        };
+        let mut topics = Vec::new();
+        let mut reads = futures::stream::iter(groups.into_iter().map(|group| async move {
+            match read(group.clone()).await {
+                Ok(found) => Ok::<Vec<Topic>, Error>(found),
+                Err(error) => {
+                    tracing::debug!(error = %error.chain(), "a grouped read of bucket indexes failed; reading bucket by bucket");
+                    // A stale map: the node refused buckets it does not
+                    // serve. One call per bucket, each routed by its key.
+                    self.shards.invalidate();
+                    let mut found = Vec::new();
+                    for b in group {
+                        found.extend(read(vec![b]).await?);
+                    }
+                    Ok(found)
+                }
+            }
+        }))
+        .buffer_unordered(SWEEP_CONCURRENCY);
+        while let Some(found) = reads.next().await {
+            topics.extend(found?);
+        }
+        Ok(topics)
+    }
+
+    /// The elements of a member's index: (connection, topic, token).
+    async fn member_index(&self, member: &MemberId) -> Result<Vec<(ConnectionId, Topic, u64)>> {
+        let mut cmd = redis::cmd("ZRANGE");
+        cmd.arg(self.keys.member(member))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES");
+        let value = self.command("reading a member index", cmd).await?;
+        // RESP3 answers pairs; RESP2 a flat list.
+        let mut flat = Vec::new();
+        for item in wire::array(value) {
+            match item {
+                Value::Array(pair) => flat.extend(pair),
+                other => flat.push(other),
+            }
+        }
+        Ok(flat
+            .chunks(2)
+            .filter_map(|pair| {
+                let [element, score] = pair else { return None };
+                let score = match score {
+                    Value::Double(d) => *d as u64,
+                    other => wire::int(other)? as u64,
+                };
+                let (connection, topic) = wire::split_field(wire::bytes(element)?);
+                let connection = ConnectionId::new(std::str::from_utf8(connection).ok()?).ok()?;
+                let topic = Topic::new(std::str::from_utf8(topic).ok()?).ok()?;
+                Some((connection, topic, score))
+            })
+            .collect())
+    }
+}
+
+/// Loads the scripts the server (every node of a cluster) lacks, so calls
+/// seldom pay for a NOSCRIPT (after a restart they still load on demand).
+async fn load_scripts(conn: &Conn, timeout: Duration) -> Result<()> {
+    let mut conn = conn.clone();
+    let mut exists = redis::cmd("SCRIPT");
+    exists.arg("EXISTS");
+    for script in SCRIPTS.all() {
+        exists.arg(script.get_hash());
+    }
+    let loaded = bounded(
+        "checking scripts",
+        timeout,
+        exists.query_async::<Value>(&mut conn),
+    )
+    .await?;
+    let loaded = wire::array(loaded);
+    for (i, script) in SCRIPTS.all().into_iter().enumerate() {
+        if loaded.get(i).and_then(wire::int) != Some(1) {
+            bounded("loading a script", timeout, script.load_async(&mut conn)).await?;
+        }
+    }
+    Ok(())
+}
+
+impl RedisStore {
+    /// Connects to the server or cluster `config` names (see
+    /// [`RedisConfig::url`]), loads the scripts and starts the events
+    /// connection.
+    pub async fn connect(config: RedisConfig) -> Result<Self> {
+        config.check()?;
+        let target = Target::from_config(&config)?;
+        Self::start(target, config).await
+    }
+
+    /// Uses the app's own client for one server (its URL's settings; the
+    /// store speaks RESP3 on its own connections). `config.url` and
+    /// `config.nodes` are not used.
+    pub async fn from_client(client: redis::Client, config: RedisConfig) -> Result<Self> {
+        config.check()?;
+        Self::start(Target::Single(crate::conn::resp3(&client)?), config).await
+    }
+
+    async fn start(target: Target, config: RedisConfig) -> Result<Self> {
+        let cluster = target.is_cluster();
+        let shown = if cluster {
+            format!(
+                "{:?}",
+                config.nodes.iter().map(|n| redact(n)).collect::<Vec<_>>()
+            )
+        } else {
+            redact(&config.url)
+        };
+        let conn = match target.connect(&config, None).await {
+            Ok(conn) => conn,
+            Err(error) => {
+                tracing::warn!(server = %shown, error = %error.chain(), "connecting to redis failed");
+                return Err(error);
+            }
+        };
+        let (push, pushes) = tokio::sync::mpsc::unbounded_channel();
+        let events_conn = target.connect(&config, Some(push)).await?;
+        load_scripts(&conn, config.command_timeout).await?;
+        tracing::info!(server = %shown, cluster, "connected to redis");
+        let publish = if cluster { "SPUBLISH" } else { "PUBLISH" };
+        let keys = Keys::new(&config.key_prefix);
+        let events = Events::start(
+            events_conn,
+            pushes,
+            Settings {
+                keys: keys.clone(),
+                cluster,
+                publish,
+                event_buffer: config.event_buffer,
+                timeout: config.command_timeout,
+            },
+        );
+        let max = config.max_batch;
+        let db = Arc::new(Db {
+            config,
+            keys,
+            cluster,
+            publish,
+            conn: RwLock::new(Some(conn)),
+            shards: ShardMap::default(),
+        });
+        let joins = {
+            let db = db.clone();
+            Batcher::start("join", 8, max, move |requests| {
+                let db = db.clone();
+                async move { db.join_batch(requests).await }
+            })
+        };
+        let touches = {
+            let db = db.clone();
+            Batcher::start("touch", 2, max, move |keys: Vec<(PresenceKey, i64)>| {
+                let db = db.clone();
+                async move { db.touch_batch(&keys).await }
+            })
+        };
+        let leaves = {
+            let db = db.clone();
+            Batcher::start("leave", 2, max, move |keys: Vec<PresenceKey>| {
+                let db = db.clone();
+                async move {
+                    let results = db.remove_keys(&keys, Reason::Left).await;
+                    let departures: Vec<Departure> = results
+                        .iter()
+                        .filter_map(|r| r.as_ref().ok().cloned().flatten())
+                        .collect();
+                    metrics::departed(BACKEND, &departures);
+                    results
+                }
+            })
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                events,
+                joins,
+                touches,
+                leaves,
+                gate: tokio::sync::RwLock::new(()),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The configuration the store was built with.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.db.config
+    }
+
+    /// Whether the store runs on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.db.cluster
+    }
+
+    /// Admits a call: `Closed` once `close` began; the guard holds off
+    /// `close` until the call is done.
+    async fn enter(&self) -> Result<tokio::sync::RwLockReadGuard<'_, ()>> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed { backend: BACKEND });
+        }
+        let guard = self.inner.gate.read().await;
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed { backend: BACKEND });
+        }
+        Ok(guard)
+    }
+
+    fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    async fn join_inner(
+        &self,
+        key: &PresenceKey,
+        meta: Meta,
+        max_members: Option<u32>,
+    ) -> Result<Joined> {
+        meta.check_size(self.db().config.max_meta_bytes)?;
+        let _call = self.enter().await?;
+        let request = JoinRequest {
+            key: key.clone(),
+            meta,
+            now: self.db().now(),
+            max_members,
+            token: random_token(),
+        };
+        self.inner.joins.call(request).await
+    }
+
+    async fn removal(
+        &self,
+        rows: Result<Value>,
+        topic: &Topic,
+        reason: Reason,
+    ) -> Result<Vec<Departure>> {
+        let rows = wire::array(rows?);
+        Ok(self
+            .db()
+            .finish_removal(
+                rows,
+                std::slice::from_ref(topic),
+                reason,
+                // One server's sweeps update the member indexes in-script.
+                reason == Reason::Expired && !self.db().cluster,
+            )
+            .await)
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("config", &self.inner.db.config)
+            .field("cluster", &self.inner.db.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl PresenceStore for RedisStore {
+    async fn join(&self, key: &PresenceKey, meta: Meta) -> Result<Joined> {
+        self.join_inner(key, meta, None).await
+    }
+
+    async fn join_limited(
+        &self,
+        key: &PresenceKey,
+        meta: Meta,
+        max_members: u32,
+    ) -> Result<Joined> {
+        self.join_inner(key, meta, Some(max_members)).await
+    }
+
+    async fn update(&self, key: &PresenceKey, meta: Meta) -> Result<Option<Entry>> {
+        meta.check_size(self.db().config.max_meta_bytes)?;
+        let _call = self.enter().await?;
+        let db = self.db();
+        let now = db.now();
+        let mut call = Call::default();
+        call.keys.extend(db.keys.topic(&key.topic));
+        call.arg(db.publish)
+            .arg(&key.topic)
+            .arg(&key.member)
+            .arg(&key.connection)
+            .arg(meta.to_json())
+            .arg(now);
+        let answer = db.run("update", &SCRIPTS.update, call).await?;
+        let Some(joined_at) = wire::int(&answer) else {
+            return Ok(None);
+        };
+        Ok(Some(Entry {
+            key: key.clone(),
+            meta,
+            joined_at: Timestamp::from_millis(joined_at),
+            last_seen_at: Timestamp::from_millis(now),
+        }))
+    }
+
+    async fn touch(&self, key: &PresenceKey) -> Result<bool> {
+        let _call = self.enter().await?;
+        let present = self
+            .inner
+            .touches
+            .call((key.clone(), self.db().now()))
+            .await?;
+        metrics::touched(BACKEND, 1, usize::from(!present));
+        Ok(present)
+    }
+
+    async fn touch_many(&self, keys: &[PresenceKey]) -> Result<Vec<PresenceKey>> {
+        check_batch(keys)?;
+        let _call = self.enter().await?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.db().now();
+        let stamped: Vec<(PresenceKey, i64)> = keys.iter().map(|k| (k.clone(), now)).collect();
+        let mut absent = Vec::new();
+        let mut seen = HashSet::new();
+        for (key, present) in keys.iter().zip(self.db().touch_batch(&stamped).await) {
+            if !present? && seen.insert(key) {
+                absent.push(key.clone());
+            }
+        }
+        metrics::touched(BACKEND, keys.len(), absent.len());
+        Ok(absent)
+    }
+
+    async fn leave(&self, key: &PresenceKey) -> Result<Option<Departure>> {
+        let _call = self.enter().await?;
+        self.inner.leaves.call(key.clone()).await
+    }
+
+    async fn leave_member(&self, topic: &Topic, member: &MemberId) -> Result<Vec<Departure>> {
+        let _call = self.enter().await?;
+        let db = self.db();
+        let mut call = Call::default();
+        call.keys.extend(db.keys.topic(topic));
+        call.arg(db.publish).arg(topic).arg(member);
+        let rows = db.run("leave_member", &SCRIPTS.leave_member, call).await;
+        self.removal(rows, topic, Reason::Left).await
+    }
+
+    async fn disconnect(
+        &self,
+        member: &MemberId,
+        connection: &ConnectionId,
+    ) -> Result<Vec<Departure>> {
+        let _call = self.enter().await?;
+        let db = self.db();
+        let found: Vec<(Topic, u64)> = db
+            .member_index(member)
+            .await?
+            .into_iter()
+            .filter(|(c, _, _)| c == connection)
+            .map(|(_, topic, token)| (topic, token))
+            .collect();
+        if found.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<PresenceKey> = found
+            .iter()
+            .map(|(topic, _)| PresenceKey {
+                topic: topic.clone(),
+                member: member.clone(),
+                connection: connection.clone(),
+            })
+            .collect();
+        let results = db.remove_keys(&keys, Reason::Disconnected).await;
+        // Elements whose entry was already gone are stale: remove them
+        // (only while they still carry the token read above).
+        let mut stale = Vec::new();
+        let mut departures = Vec::new();
+        let mut failure = None;
+        for ((topic, token), result) in found.iter().zip(results) {
+            match result {
+                Ok(Some(departure)) => departures.push(departure),
+                Ok(None) => stale.push((member.clone(), element(connection, topic), *token)),
+                Err(error) => failure = Some(error),
+            }
+        }
+        db.unindex(stale).await;
+        if let Some(error) = failure
+            && departures.is_empty()
+        {
+            return Err(error);
+        }
+        departures.sort_by(|a, b| a.entry.key.cmp(&b.entry.key));
+        metrics::departed(BACKEND, &departures);
+        Ok(departures)
+    }
+
+    async fn members(&self, topic: &Topic) -> Result<Vec<Member>> {
+        let _call = self.enter().await?;
+        let db = self.db();
+        let keys = db.keys.topic(topic);
+        let mut call = Call::default();
+        call.keys.extend([keys[0].clone(), keys[1].clone()]);
+        let triples = wire::array(db.run("members", &SCRIPTS.members, call).await?);
+        Ok(Member::group(wire::entry_triples(topic, triples)))
+    }
+
+    async fn member(&self, topic: &Topic, member: &MemberId) -> Result<Option<Member>> {
+        let _call = self.enter().await?;
+        let db = self.db();
+        let keys = db.keys.topic(topic);
+        let mut call = Call::default();
+        call.keys
+            .extend([keys[0].clone(), keys[1].clone(), keys[2].clone()]);
+        call.arg(member);
+        let triples = wire::array(db.run("member", &SCRIPTS.member, call).await?);
+        Ok(Member::group(wire::entry_triples(topic, triples)).pop())
+    }
+
+    async fn count(&self, topic: &Topic) -> Result<Counts> {
+        let _call = self.enter().await?;
+        let db = self.db();
+        let keys = db.keys.topic(topic);
+        let mut call = Call::default();
+        call.keys.extend([keys[3].clone(), keys[1].clone()]);
+        let counts = wire::array(db.run("count", &SCRIPTS.count, call).await?);
+        match counts.as_slice() {
+            [members, connections] => Ok(Counts {
+                members: wire::int(members).unwrap_or(0).max(0) as u64,
+                connections: wire::int(connections).unwrap_or(0).max(0) as u64,
+            }),
+            _ => Err(Error::backend(BACKEND, Malformed("count"))),
+        }
+    }
+
+    async fn sweep(&self, topic: &Topic, older_than: Timestamp) -> Result<Vec<Departure>> {
+        let _call = self.enter().await?;
+        let rows = self.db().sweep_topic(topic, older_than.as_millis()).await;
+        let rows = rows.map(Value::Array);
+        self.removal(rows, topic, Reason::Expired).await
+    }
+
+    async fn sweep_all(&self, older_than: Timestamp) -> Result<Vec<Departure>> {
+        let _call = self.enter().await?;
+        let started = Instant::now();
+        let db = self.db();
+        let older = older_than.as_millis();
+        let topics = db.due_topics(older).await?;
+        let visited = topics.len();
+        let mut sweeps = futures::stream::iter(topics.into_iter().map(|topic| async move {
+            let rows = db.sweep_topic(&topic, older).await;
+            (topic, rows)
+        }))
+        .buffer_unordered(SWEEP_CONCURRENCY);
+        let mut departures = Vec::new();
+        let mut failure = None;
+        while let Some((topic, rows)) = sweeps.next().await {
+            match rows {
+                Ok(rows) => departures.extend(
+                    db.finish_removal(
+                        rows,
+                        std::slice::from_ref(&topic),
+                        Reason::Expired,
+                        !db.cluster,
+                    )
+                    .await,
+                ),
+                Err(error) => failure = Some(error),
+            }
+        }
+        if let Some(error) = failure {
+            // What was swept stays swept (and was published); the caller
+            // learns the sweep is incomplete and sweeps again.
+            return Err(error);
+        }
+        departures.sort_by(|a, b| a.entry.key.cmp(&b.entry.key));
+        metrics::sweep(BACKEND, started.elapsed());
+        tracing::debug!(
+            topics = visited,
+            departures = departures.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "redis sweep_all"
+        );
+        Ok(departures)
+    }
+
+    async fn topics_of(&self, member: &MemberId) -> Result<Vec<Topic>> {
+        let _call = self.enter().await?;
+        let db = self.db();
+        let elements = db.member_index(member).await?;
+        // Check each element against its topic: the index may hold elements
+        // of entries already removed (a removal's second step that failed or
+        // never ran).
+        let checks = elements.iter().map(|(connection, topic, _)| {
+            let mut cmd = redis::cmd("HGET");
+            cmd.arg(&db.keys.topic(topic)[0])
+                .arg(field(member, connection));
+            db.command("checking a member index", cmd)
+        });
+        let mut topics = Vec::new();
+        let mut stale = Vec::new();
+        let mut repoint = Vec::new();
+        for ((connection, topic, token), value) in elements.iter().zip(join_all(checks).await) {
+            match value? {
+                Value::Nil => stale.push((member.clone(), element(connection, topic), *token)),
+                value => {
+                    let stored = wire::bytes(&value).map_or(0, |v| wire::stored_value(v).1);
+                    if stored != 0 && stored != *token {
+                        repoint.push(IndexChange {
+                            member: member.clone(),
+                            element: element(connection, topic),
+                            expected: Some(*token),
+                            token: stored,
+                        });
+                    }
+                    topics.push(topic.clone());
+                }
+            }
+        }
+        db.unindex(stale).await;
+        if !repoint.is_empty() {
+            db.change_index(repoint).await;
+        }
+        topics.sort();
+        topics.dedup();
+        Ok(topics)
+    }
+
+    async fn subscribe(&self, topic: &Topic) -> Result<EventStream> {
+        let _call = self.enter().await?;
+        self.inner
+            .events
+            .subscribe(topic, self.db().timeout())
+            .await
+    }
+
+    fn clock(&self) -> Arc<dyn Clock> {
+        self.db().config.clock.clone()
+    }
+
+    fn max_meta_bytes(&self) -> usize {
+        self.db().config.max_meta_bytes
+    }
+
+    fn events_are_complete(&self) -> bool {
+        // Every process's changes are published by the scripts that make them.
+        true
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // Wait for the calls in flight (queued batch calls included).
+        let _closing = self.inner.gate.write().await;
+        self.inner.joins.close().await;
+        self.inner.touches.close().await;
+        self.inner.leaves.close().await;
+        let conn = self
+            .db()
+            .conn
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        self.inner.events.close(conn).await;
+        tracing::debug!("redis store closed");
+        Ok(())
+    }
+}
+
+#[cfg(feature = "testing")]
+impl RedisStore {
+    /// The store's command connection, for tests that write behind its back.
+    pub(crate) fn raw_connection(&self) -> Result<Conn> {
+        self.db().conn()
+    }
+
+    /// The store's key names.
+    pub(crate) fn raw_keys(&self) -> &Keys {
+        &self.db().keys
+    }
+}
