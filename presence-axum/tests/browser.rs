@@ -26,7 +26,12 @@ fn unavailable() -> Option<String> {
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u32>().ok());
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<u32>()
+                .ok()
+        });
     match node {
         None => Some("no node".into()),
         Some(major) if major < 20 => Some(format!("node {major} is older than 20")),

@@ -20,7 +20,7 @@ pub(crate) const BACKEND: &str = "redis";
 /// Where the store connects.
 #[derive(Clone)]
 pub(crate) enum Target {
-    Single(redis::Client),
+    Single(Box<redis::Client>),
     Cluster(Vec<String>),
 }
 
@@ -129,7 +129,7 @@ impl Target {
                 ),
             )
         })?;
-        Ok(Target::Single(resp3(&client)?))
+        Ok(Target::Single(Box::new(resp3(&client)?)))
     }
 
     pub(crate) fn is_cluster(&self) -> bool {
@@ -181,7 +181,7 @@ impl Target {
                 let manager = bounded(
                     "connecting",
                     after,
-                    ConnectionManager::new_with_config(client.clone(), settings),
+                    ConnectionManager::new_with_config((**client).clone(), settings),
                 )
                 .await?;
                 Ok(Conn::Single(manager))

@@ -729,7 +729,11 @@ impl RedisStore {
     /// `config.nodes` are not used.
     pub async fn from_client(client: redis::Client, config: RedisConfig) -> Result<Self> {
         config.check()?;
-        Self::start(Target::Single(crate::conn::resp3(&client)?), config).await
+        Self::start(
+            Target::Single(Box::new(crate::conn::resp3(&client)?)),
+            config,
+        )
+        .await
     }
 
     async fn start(target: Target, config: RedisConfig) -> Result<Self> {

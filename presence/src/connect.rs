@@ -58,6 +58,18 @@ pub(crate) enum StoreUrl {
     /// `postgres://...`, `postgresql://...` or a key=value string, read
     /// whole by `PostgresConfig::from_url` (which knows its parameters).
     Postgres(String),
+    /// `redis://`, `rediss://`, `redis+cluster://` or `rediss+cluster://`,
+    /// without the query, which held our parameters.
+    Redis(String, Common, RedisSettings),
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct RedisSettings {
+    pub(crate) key_prefix: Option<String>,
+    pub(crate) connect_timeout: Option<Duration>,
+    pub(crate) command_timeout: Option<Duration>,
+    pub(crate) sweep_piece: Option<usize>,
+    pub(crate) max_batch: Option<usize>,
 }
 
 /// The parameters every backend takes.
@@ -201,10 +213,36 @@ impl StoreUrl {
             return Ok(StoreUrl::Postgres(url.to_owned()));
         }
         let scheme = url.split(':').next().unwrap_or_default();
+        if ["redis", "rediss", "redis+cluster", "rediss+cluster"].contains(&scheme) {
+            return Self::redis(url);
+        }
         Err(Error::invalid(
             "url",
             format!("unknown store scheme {scheme:?}; expected {URL_FORMS}"),
         ))
+    }
+
+    fn redis(url: &str) -> Result<Self> {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut params = Params::new("redis", query)?;
+        let common = params.common()?;
+        let settings = RedisSettings {
+            key_prefix: params.take("key_prefix"),
+            connect_timeout: params.duration("connect_timeout")?,
+            command_timeout: params.duration("command_timeout")?,
+            sweep_piece: params.number("sweep_piece", 1)?,
+            max_batch: params.number("max_batch", 1)?,
+        };
+        params.finish(&[
+            COMMON[0],
+            COMMON[1],
+            "key_prefix",
+            "connect_timeout",
+            "command_timeout",
+            "sweep_piece",
+            "max_batch",
+        ])?;
+        Ok(StoreUrl::Redis(base.to_owned(), common, settings))
     }
 
     fn sqlite(rest: &str) -> Result<Self> {
@@ -275,6 +313,7 @@ impl StoreUrl {
             StoreUrl::Memory(..) => "memory",
             StoreUrl::SqliteFile(..) | StoreUrl::SqliteMemory(..) => "sqlite",
             StoreUrl::Postgres(..) => "postgres",
+            StoreUrl::Redis(..) => "redis",
         }
     }
 }
@@ -338,6 +377,7 @@ fn feature_off(url: &StoreUrl) -> Error {
 /// | `sqlite://presence.db`, `sqlite:///var/lib/app/presence.db` | the SQLite file (created if missing) | `sqlite` |
 /// | `sqlite::memory:` | a private in-memory SQLite database | `sqlite` |
 /// | `postgres://user@host/db?schema=presence`, `host=db user=app schema=presence` | the Postgres schema (default `presence`) | `postgres` |
+/// | `redis://host:6379/0`, `rediss://...` (TLS), `redis+cluster://h1:7000,h2:7000/` | the keys under `key_prefix` on one Redis or a Redis Cluster | `redis` |
 ///
 /// Parameters, in the query (`?a=1&b=2`; percent-escapes are decoded, in
 /// SQLite paths too) or, for key=value Postgres strings, as more pairs:
@@ -347,6 +387,7 @@ fn feature_off(url: &StoreUrl) -> Error {
 /// | all | `max_meta_bytes`, `event_buffer` |
 /// | `memory` | `shards` |
 /// | `sqlite` | `mode` (`rwc`: create if missing, the default; `rw`: the file must exist), `busy_timeout` (`5s`), `table_prefix`, `read_connections`, `max_group`, `checkpoint_pages` |
+/// | `redis` | `key_prefix` (default `presence:`), `connect_timeout`, `command_timeout` (`5s`), `sweep_piece`, `max_batch` |
 /// | `postgres` | `schema`, `pool_size`, `sslmode` (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`; the last three need the `tls` feature), `sslrootcert`, `migrate_on_open`, `sweep_chunk`, the timeouts (`connect_timeout`, `call_timeout`, `pool_wait_timeout`, ...; see [`PostgresConfig`](https://docs.rs/presence-postgres)), and the driver's own (`application_name`, ...) |
 ///
 /// An unknown parameter is refused, naming it. [`connect_with`] takes the
@@ -474,6 +515,22 @@ async fn open(url: StoreUrl, options: ConnectOptions) -> Result<Arc<dyn Presence
                 presence_postgres::PostgresStore::connect(config).await?,
             ))
         }
+        #[cfg(feature = "redis")]
+        StoreUrl::Redis(url, given, settings) => {
+            let given = common(given);
+            let mut config = presence_redis::RedisConfig::new(url.clone());
+            if let Some(clock) = options.clock {
+                config.clock = clock;
+            }
+            set(&mut config.max_meta_bytes, given.max_meta_bytes);
+            set(&mut config.event_buffer, given.event_buffer);
+            set(&mut config.key_prefix, settings.key_prefix.clone());
+            set(&mut config.connect_timeout, settings.connect_timeout);
+            set(&mut config.command_timeout, settings.command_timeout);
+            set(&mut config.sweep_piece, settings.sweep_piece);
+            set(&mut config.max_batch, settings.max_batch);
+            Ok(Arc::new(presence_redis::RedisStore::connect(config).await?))
+        }
         #[allow(unreachable_patterns)]
         other => Err(feature_off(other)),
     }
@@ -534,6 +591,20 @@ mod tests {
             sqlite_file("/var/lib/presence.db")
         );
         assert_eq!(parse("sqlite:data/p.db"), sqlite_file("data/p.db"));
+        assert_eq!(
+            parse("redis+cluster://:pw@h1:7000,h2:7000/?key_prefix=app:&max_meta_bytes=512"),
+            StoreUrl::Redis(
+                "redis+cluster://:pw@h1:7000,h2:7000/".into(),
+                Common {
+                    max_meta_bytes: Some(512),
+                    event_buffer: None
+                },
+                RedisSettings {
+                    key_prefix: Some("app:".into()),
+                    ..RedisSettings::default()
+                }
+            )
+        );
         for url in [
             "postgres://u@h/db",
             "postgresql://u@h/db?sslmode=disable&schema=rooms&connect_timeout=5",
@@ -586,7 +657,9 @@ mod tests {
     #[test]
     fn refuses_bad_urls_naming_the_field() {
         for (url, field) in [
-            ("redis://localhost", "url"),
+            ("gopher://localhost", "url"),
+            ("redis://localhost?colour=blue", "url"),
+            ("redis://localhost?command_timeout=soon", "command_timeout"),
             ("", "url"),
             ("sqlite://", "url"),
             ("sqlite:", "url"),
@@ -603,8 +676,8 @@ mod tests {
             let err = StoreUrl::parse(url).unwrap_err();
             assert_eq!(err.invalid_field(), Some(field), "{url}: {err}");
         }
-        let err = StoreUrl::parse("redis://localhost").unwrap_err();
-        assert!(err.to_string().contains("\"redis\""), "{err}");
+        let err = StoreUrl::parse("gopher://localhost").unwrap_err();
+        assert!(err.to_string().contains("\"gopher\""), "{err}");
         let err = StoreUrl::parse("sqlite://p.db?mod=rw").unwrap_err();
         assert!(err.to_string().contains("\"mod\""), "{err}");
     }

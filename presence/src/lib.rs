@@ -27,6 +27,9 @@ pub use presence_memory as memory;
 /// The shared Postgres store (feature `postgres`).
 #[cfg(feature = "postgres")]
 pub use presence_postgres as postgres;
+/// The Redis store (feature `redis`).
+#[cfg(feature = "redis")]
+pub use presence_redis as redis;
 /// The embedded SQLite store (feature `sqlite`).
 #[cfg(feature = "sqlite")]
 pub use presence_sqlite as sqlite;

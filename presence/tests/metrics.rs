@@ -180,6 +180,8 @@ fn backend_name(store: &dyn PresenceStore) -> &'static str {
         "memory"
     } else if debug.starts_with("SqliteStore") {
         "sqlite"
+    } else if debug.starts_with("RedisStore") {
+        "redis"
     } else {
         "postgres"
     }

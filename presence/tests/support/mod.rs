@@ -75,14 +75,37 @@ impl Backend for Postgres {
     }
 }
 
+/// A key prefix of its own on the Redis test server.
+pub struct Redis;
+
+#[async_trait]
+impl Backend for Redis {
+    async fn open(&self, setup: &Setup) -> Arc<dyn PresenceStore> {
+        let mut config = presence::redis::testing::store_config("helpers");
+        config.max_meta_bytes = setup.max_meta_bytes;
+        config.event_buffer = setup.event_buffer;
+        config.clock = Arc::new(setup.clock.clone());
+        Arc::new(
+            presence::redis::RedisStore::connect(config)
+                .await
+                .expect("connect to the Redis test server"),
+        )
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        presence::redis::testing::unavailable()
+    }
+}
+
 /// Runs `$test(&dyn Backend)` as one `#[test]` per backend, in modules
-/// `memory`, `sqlite` and `postgres`.
+/// `memory`, `sqlite`, `postgres` and `redis`.
 #[macro_export]
 macro_rules! on_every_backend {
     ($($test:ident),* $(,)?) => {
         $crate::on_every_backend!(@backend memory, $crate::support::Memory; $($test),*);
         $crate::on_every_backend!(@backend sqlite, $crate::support::Sqlite; $($test),*);
         $crate::on_every_backend!(@backend postgres, $crate::support::Postgres; $($test),*);
+        $crate::on_every_backend!(@backend redis, $crate::support::Redis; $($test),*);
     };
     (@backend $module:ident, $backend:expr; $($test:ident),*) => {
         mod $module {
