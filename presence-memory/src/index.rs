@@ -73,7 +73,13 @@ impl MemberShard {
     pub(crate) fn topics_of(&self, member: &str) -> Vec<Topic> {
         let mut topics: Vec<Topic> = match self.many.get(member) {
             Some(topics) => topics.keys().cloned().collect(),
-            None => self.few.get(member).into_iter().flatten().cloned().collect(),
+            None => self
+                .few
+                .get(member)
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect(),
         };
         topics.sort_unstable();
         topics.dedup();
