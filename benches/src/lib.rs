@@ -42,6 +42,17 @@ pub fn fresh_keys(
         .collect()
 }
 
+/// The process's resident set, in bytes, from `/proc/self/statm` (Linux).
+pub fn resident_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm (Linux only)");
+    let pages: usize = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|field| field.parse().ok())
+        .expect("resident pages in statm");
+    pages * 4096
+}
+
 /// The runtime every bench drives its store with: two workers, as many as
 /// the machine has cores.
 pub fn runtime() -> tokio::runtime::Runtime {

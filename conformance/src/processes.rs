@@ -6,10 +6,15 @@
 //! test collects them all and [`Report::check`]s them against the store.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::time::Duration;
 
-use presence_core::{Meta, PresenceKey, PresenceStore, PresenceStoreExt};
+use futures::StreamExt;
+use presence_core::{
+    Event, EventStream, Meta, PresenceKey, PresenceStore, PresenceStoreExt, Topic,
+};
+
+use crate::support::stored_keys;
 
 /// This test binary, run again as only its ignored test `child_process`,
 /// whose output (after a first line the harness leaves unfinished) the
@@ -137,6 +142,112 @@ impl Report {
         assert_eq!(
             *stored, expected,
             "the store holds exactly what was joined and not removed"
+        );
+    }
+}
+
+/// Waits for the writer processes and reads what they reported.
+pub async fn reports_of(children: Vec<Child>) -> Report {
+    let outputs = tokio::task::spawn_blocking(move || {
+        children
+            .into_iter()
+            .map(|child| {
+                let output = child.wait_with_output().expect("a writer process");
+                assert!(output.status.success(), "a writer process failed");
+                String::from_utf8(output.stdout).expect("UTF-8 output")
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("the writers' reader");
+    let lines: Vec<String> = outputs
+        .iter()
+        .flat_map(|o| o.lines())
+        .map(str::to_owned)
+        .collect();
+    Report::read(&lines)
+}
+
+/// The check of a watcher in a third process, once the writers are done:
+/// `events` (subscribed to `topic` before they started, with room for
+/// everything) holds every join (`joins` of them) and every departure the
+/// writers reported, once; each member's `first_for_member` joins and
+/// `last_for_member` leaves alternate, starting with a join; the watcher's
+/// view of who is present matches the store; and [`Report::check`] holds.
+pub async fn check_watcher(
+    store: &dyn PresenceStore,
+    events: &mut EventStream,
+    topic: &Topic,
+    report: &Report,
+    joins: usize,
+) {
+    // Everything the writers did reached the watcher: read up to a probe.
+    let probe = PresenceKey {
+        topic: topic.clone(),
+        member: presence_core::MemberId::new("~probe").expect("valid id"),
+        connection: presence_core::ConnectionId::new("~probe").expect("valid id"),
+    };
+    store.join(&probe, Meta::new()).await.expect("probe join");
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), events.next()).await {
+            Ok(Some(Event::Join { entry, .. })) if entry.key == probe => break,
+            Ok(Some(event)) => seen.push(event),
+            other => panic!("the watcher stopped hearing events: {other:?}"),
+        }
+    }
+    let mut present: BTreeMap<String, bool> = BTreeMap::new();
+    let (mut joined, mut left) = (0, 0);
+    for event in &seen {
+        match event {
+            Event::Join {
+                entry,
+                first_for_member,
+            } => {
+                joined += 1;
+                if *first_for_member {
+                    let was = present.insert(entry.key.member.to_string(), true);
+                    assert_ne!(
+                        was,
+                        Some(true),
+                        "{} joined twice without leaving",
+                        entry.key.member
+                    );
+                }
+            }
+            Event::Leave { departure } => {
+                left += 1;
+                if departure.last_for_member {
+                    let was = present.insert(departure.entry.key.member.to_string(), false);
+                    assert_eq!(
+                        was,
+                        Some(true),
+                        "{} left without having joined",
+                        departure.entry.key.member
+                    );
+                }
+            }
+            Event::Resync => panic!("the watcher was told to resync on a healthy server"),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        joined, joins,
+        "the watcher saw every join of both processes"
+    );
+    assert_eq!(
+        left,
+        report.left.len() + report.swept.len(),
+        "and every departure, once"
+    );
+    let mut stored = stored_keys(store, topic).await;
+    stored.remove(&probe);
+    report.check(joins, &stored);
+    for (member, is_present) in present {
+        let in_store = stored.iter().any(|k| k.member.as_str() == member);
+        assert_eq!(
+            is_present, in_store,
+            "the watcher's view of {member} matches the store"
         );
     }
 }

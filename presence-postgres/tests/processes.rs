@@ -6,15 +6,10 @@
 //! The test binary runs itself as the two writers: `child_process` is an
 //! ignored test that does nothing unless `PRESENCE_CHILD_SCHEMA` is set.
 
-use std::collections::BTreeMap;
-
-use conformance::processes::{Report, child_command, mixed_writer};
-use conformance::support::stored_keys;
+use conformance::processes::{check_watcher, child_command, mixed_writer, reports_of};
 use std::process::Stdio;
-use std::time::Duration;
 
-use futures::StreamExt;
-use presence_core::{Event, Meta, PresenceKey, PresenceStore, Topic};
+use presence_core::{PresenceStore, Topic};
 use presence_postgres::{PostgresConfig, PostgresStore, testing};
 
 const SCHEMA: &str = "PRESENCE_CHILD_SCHEMA";
@@ -72,86 +67,7 @@ async fn two_writers_one_watcher() {
                 .unwrap()
         })
         .collect();
-    let outputs = tokio::task::spawn_blocking(move || {
-        children
-            .into_iter()
-            .map(|child| {
-                let output = child.wait_with_output().unwrap();
-                assert!(output.status.success(), "a writer process failed");
-                String::from_utf8(output.stdout).unwrap()
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap();
-    let lines: Vec<String> = outputs
-        .iter()
-        .flat_map(|o| o.lines())
-        .map(str::to_owned)
-        .collect();
-    let report = Report::read(&lines);
+    let report = reports_of(children).await;
 
-    // Everything the writers did reached the watcher: read up to a probe.
-    let probe = PresenceKey::new("shared", "~probe", "~probe").unwrap();
-    store.join(&probe, Meta::new()).await.unwrap();
-    let mut seen = Vec::new();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(20), events.next()).await {
-            Ok(Some(Event::Join { entry, .. })) if entry.key == probe => break,
-            Ok(Some(event)) => seen.push(event),
-            other => panic!("the watcher stopped hearing events: {other:?}"),
-        }
-    }
-    let mut present: BTreeMap<String, bool> = BTreeMap::new();
-    let (mut joins, mut leaves) = (0, 0);
-    for event in &seen {
-        match event {
-            Event::Join {
-                entry,
-                first_for_member,
-            } => {
-                joins += 1;
-                if *first_for_member {
-                    let was = present.insert(entry.key.member.to_string(), true);
-                    assert_ne!(
-                        was,
-                        Some(true),
-                        "{} joined twice without leaving",
-                        entry.key.member
-                    );
-                }
-            }
-            Event::Leave { departure } => {
-                leaves += 1;
-                if departure.last_for_member {
-                    let was = present.insert(departure.entry.key.member.to_string(), false);
-                    assert_eq!(
-                        was,
-                        Some(true),
-                        "{} left without having joined",
-                        departure.entry.key.member
-                    );
-                }
-            }
-            Event::Resync => panic!("the watcher was told to resync on a healthy server"),
-            _ => {}
-        }
-    }
-    assert_eq!(joins, 800, "the watcher saw every join of both processes");
-    assert_eq!(
-        leaves,
-        report.left.len() + report.swept.len(),
-        "and every departure, once"
-    );
-
-    let mut stored = stored_keys(&store, &topic).await;
-    stored.remove(&probe);
-    report.check(800, &stored);
-    for (member, is_present) in present {
-        let in_store = stored.iter().any(|k| k.member.as_str() == member);
-        assert_eq!(
-            is_present, in_store,
-            "the watcher's view of {member} matches the store"
-        );
-    }
+    check_watcher(&store, &mut events, &topic, &report, 800).await;
 }

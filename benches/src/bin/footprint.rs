@@ -11,20 +11,10 @@ use presence_memory::MemoryStore;
 
 const ENTRIES: usize = 1_000_000;
 
-fn resident_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm (Linux only)");
-    let pages: usize = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|field| field.parse().ok())
-        .expect("resident pages in statm");
-    pages * 4096
-}
-
 /// Fills a fresh store with the keys `key(i)` for `i` in `0..ENTRIES` and
 /// returns the resident growth per entry.
 fn measure(rt: &tokio::runtime::Runtime, key: impl Fn(usize) -> PresenceKey) -> f64 {
-    let before = resident_bytes();
+    let before = benches::resident_bytes();
     let store = MemoryStore::new();
     rt.block_on(async {
         for i in 0..ENTRIES {
@@ -33,7 +23,7 @@ fn measure(rt: &tokio::runtime::Runtime, key: impl Fn(usize) -> PresenceKey) -> 
             store.join(&key(i), Meta::new()).await.expect("join");
         }
     });
-    let after = resident_bytes();
+    let after = benches::resident_bytes();
     let per_entry = (after - before) as f64 / ENTRIES as f64;
     drop(store);
     per_entry

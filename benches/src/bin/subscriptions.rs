@@ -16,16 +16,6 @@ static ALLOCATED: cap::Cap<System> = cap::Cap::new(System, usize::MAX);
 
 const TOPICS: usize = 10_000;
 
-fn resident_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm (Linux only)");
-    let pages: usize = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|field| field.parse().ok())
-        .expect("resident pages in statm");
-    pages * 4096
-}
-
 fn mib(bytes: isize) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
@@ -39,15 +29,24 @@ async fn measure(name: &str, store: &dyn PresenceStore) {
         drop(store.subscribe(topic).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (heap0, rss0) = (ALLOCATED.allocated() as isize, resident_bytes() as isize);
+    let (heap0, rss0) = (
+        ALLOCATED.allocated() as isize,
+        benches::resident_bytes() as isize,
+    );
     let mut held = Vec::with_capacity(TOPICS);
     for topic in &topics {
         held.push(store.subscribe(topic).await.unwrap());
     }
-    let (heap1, rss1) = (ALLOCATED.allocated() as isize, resident_bytes() as isize);
+    let (heap1, rss1) = (
+        ALLOCATED.allocated() as isize,
+        benches::resident_bytes() as isize,
+    );
     drop(held);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (heap2, rss2) = (ALLOCATED.allocated() as isize, resident_bytes() as isize);
+    let (heap2, rss2) = (
+        ALLOCATED.allocated() as isize,
+        benches::resident_bytes() as isize,
+    );
     println!(
         "{name:>8}: {TOPICS} idle subscriptions: {} B allocated and {} B resident each; \
          after dropping them: {} still allocated, {} resident above the start",
