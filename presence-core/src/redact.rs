@@ -27,17 +27,24 @@ pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rsplit_once('@') {
-        Some((user_info, hosts)) => match user_info.split_once(':') {
-            Some((user, _password)) => format!("{user}:{MASK}@{hosts}"),
-            None => format!("{user_info}@{hosts}"),
+    // Where the user info ends differs between parsers: the `url` crate
+    // (redis-rs) takes the last `@` before the path, tokio-postgres the first
+    // `@` anywhere (so a password may hold a raw `/` or `?`). Mask up to
+    // whichever is further, so no parser's password is ever shown.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let user_info_end = [rest[..authority_end].rfind('@'), rest.find('@')]
+        .into_iter()
+        .flatten()
+        .max();
+    let rest = match user_info_end {
+        Some(at) => match rest[..at].split_once(':') {
+            Some((user, _password)) => format!("{user}:{MASK}@{}", &rest[at + 1..]),
+            None => rest.to_owned(),
         },
-        None => authority.to_owned(),
+        None => rest.to_owned(),
     };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
+    let rest = match rest.split_once('?') {
+        Some((before, query)) => {
             let query: Vec<String> = query
                 .split('&')
                 .map(|pair| match pair.split_once('=') {
@@ -45,11 +52,11 @@ pub fn redact_url(url: &str) -> String {
                     _ => pair.to_owned(),
                 })
                 .collect();
-            format!("{path}?{}", query.join("&"))
+            format!("{before}?{}", query.join("&"))
         }
-        None => tail.to_owned(),
+        None => rest,
     };
-    format!("{scheme}://{authority}{tail}")
+    format!("{scheme}://{rest}")
 }
 
 #[cfg(test)]
@@ -74,6 +81,20 @@ mod tests {
             ),
             ("sqlite:///data/p.db?mode=rw", "sqlite:///data/p.db?mode=rw"),
             ("sqlite::memory:", "sqlite::memory:"),
+            // tokio-postgres reads up to the first `@`: a raw `/` or `?`
+            // in the password is still the password.
+            ("postgres://app:pa/ss@db/x", "postgres://app:***@db/x"),
+            ("postgres://app:pa?ss@db/x", "postgres://app:***@db/x"),
+            // The `url` crate reads up to the last `@` before the path.
+            ("redis://u:p@ss@h:6379/0", "redis://u:***@h:6379/0"),
+            (
+                "postgres://db/app?options=a@b",
+                "postgres://db/app?options=a@b",
+            ),
+            (
+                "postgres://db/app?password=x&options=a@b",
+                "postgres://db/app?password=***&options=a@b",
+            ),
         ] {
             assert_eq!(redact_url(url), redacted);
         }
