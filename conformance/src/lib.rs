@@ -47,6 +47,7 @@ pub mod concurrency;
 pub mod events;
 pub mod input;
 pub mod lifecycle;
+pub mod logs;
 pub mod machine;
 mod model;
 pub mod processes;

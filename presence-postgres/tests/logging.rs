@@ -4,72 +4,14 @@
 //! captures every event.
 #![cfg(feature = "testing")]
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use conformance::logs::{captured, logged};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use presence_core::{Meta, PresenceKey, PresenceStore};
 use presence_postgres::{PostgresConfig, PostgresStore, testing};
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Level, Metadata, Subscriber};
-
-/// Every event logged by this process: its level and its fields as text.
-#[derive(Default)]
-struct Captured(Mutex<Vec<(Level, String)>>);
-
-struct Capture(Arc<Captured>);
-
-struct Text<'a>(&'a mut String);
-
-impl Visit for Text<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.push_str(&format!(" {}={value:?}", field.name()));
-    }
-}
-
-impl Subscriber for Capture {
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        Id::from_u64(1)
-    }
-    fn record(&self, _: &Id, _: &Record<'_>) {}
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, event: &Event<'_>) {
-        let mut text = String::new();
-        event.record(&mut Text(&mut text));
-        self.0
-            .0
-            .lock()
-            .unwrap()
-            .push((*event.metadata().level(), text));
-    }
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
-}
-
-fn captured() -> &'static Arc<Captured> {
-    static CAPTURED: OnceLock<Arc<Captured>> = OnceLock::new();
-    CAPTURED.get_or_init(|| {
-        let captured = Arc::new(Captured::default());
-        tracing::subscriber::set_global_default(Capture(captured.clone()))
-            .expect("the only subscriber of this test binary");
-        captured
-    })
-}
-
-fn logged(level: Level, containing: &str) -> Vec<String> {
-    captured()
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(l, text)| *l == level && text.contains(containing))
-        .map(|(_, text)| text.clone())
-        .collect()
-}
+use tracing::Level;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listener_failures_are_logged_and_returned_with_their_cause() {
@@ -110,7 +52,7 @@ async fn listener_failures_are_logged_and_returned_with_their_cause() {
     assert!(
         warnings.iter().any(|w| w.contains("cannot connect")),
         "the listener's failures were not logged at warn: {:?}",
-        captured().0.lock().unwrap()
+        captured().all()
     );
     assert!(!format!("{error:?}{:?}", warnings).contains("hunter2"));
 }
@@ -157,6 +99,6 @@ async fn batches_are_logged_at_debug_and_passwords_never() {
     if let Err(error) = PostgresStore::connect(config).await {
         assert!(!format!("{error:?} {}", error.chain()).contains("hunter2"));
     }
-    let everything = format!("{:?}", captured().0.lock().unwrap());
+    let everything = format!("{:?}", captured().all());
     assert!(!everything.contains("hunter2"), "a password was logged");
 }
