@@ -107,3 +107,74 @@ async fn sweeping_in_small_pieces_reports_each_entry_once() {
         assert_eq!(members[0].member.as_str(), "stays");
     }
 }
+
+/// A mass expiry does not hold every topic until it ends: while another
+/// connection holds the lock of the last topic in the sweep's order, the
+/// pieces before it are already committed (visible to other connections),
+/// and the sweep finishes once the lock is let go. A sweep in one
+/// transaction would show nothing removed until the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pieces_commit_while_a_later_topic_is_locked() {
+    if testing::unavailable().is_some() {
+        eprintln!("SKIPPED: no Postgres server");
+        return;
+    }
+    let schema = testing::unique_schema("pieces");
+    let clock = ManualClock::new(Timestamp::from_millis(1_000_000));
+    let store = Arc::new(
+        PostgresStore::connect(config(&schema, &clock))
+            .await
+            .unwrap(),
+    );
+    let mut expired = BTreeSet::new();
+    for t in 0..10 {
+        for m in 0..6 {
+            let key = PresenceKey::new(format!("t{t:02}"), format!("m{m}"), "c").unwrap();
+            store.join(&key, Meta::new()).await.unwrap();
+            expired.insert(key);
+        }
+    }
+    clock.advance(std::time::Duration::from_secs(60));
+    let cutoff = clock.now();
+
+    let url = testing::server_url().unwrap();
+    let (mut admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let holder = admin.transaction().await.unwrap();
+    holder
+        .execute(&format!("SELECT {schema}.lock_topics(ARRAY['t09'])"), &[])
+        .await
+        .unwrap();
+
+    let sweeper = store.clone();
+    let sweep = tokio::spawn(async move { sweeper.sweep_all(cutoff).await });
+    let first = Topic::new("t00").unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while store.count(&first).await.unwrap().connections > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first piece was not committed while a later topic was locked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let last = Topic::new("t09").unwrap();
+    assert_eq!(
+        store.count(&last).await.unwrap().connections,
+        6,
+        "the locked topic waits"
+    );
+    assert!(!sweep.is_finished(), "the sweep waits for the locked topic");
+    holder.rollback().await.unwrap();
+
+    let departures = tokio::time::timeout(std::time::Duration::from_secs(30), sweep)
+        .await
+        .expect("the sweep ends once the lock is let go")
+        .unwrap()
+        .unwrap();
+    assert_eq!(departures.len(), expired.len(), "no entry reported twice");
+    let reported: BTreeSet<PresenceKey> = departures.into_iter().map(|d| d.entry.key).collect();
+    assert_eq!(reported, expired, "every expired entry reported");
+    assert_eq!(store.count(&last).await.unwrap().connections, 0);
+}
