@@ -359,7 +359,7 @@ fn wait_until_ready(
             );
         }
         if let Some(pid) = postmaster_pid(data)
-            && login_and_query(url)
+            && login_and_query(url, data)
         {
             return Ok((child, pid));
         }
@@ -384,8 +384,12 @@ fn postmaster_pid(data: &Path) -> Option<u32> {
 
 /// Whether a login and `SELECT 1` succeed within a few seconds (on a
 /// thread of its own: callers may be inside a runtime).
-fn login_and_query(url: &str) -> bool {
+/// Whether a login and a query succeed on `url`, answered by the server of
+/// `data`: until ours has bound the port (or exited, finding it taken),
+/// another harness's server may answer on it.
+fn login_and_query(url: &str, data: &Path) -> bool {
     let url = url.to_owned();
+    let ours = data.canonicalize().unwrap_or_else(|_| data.to_owned());
     std::thread::spawn(move || {
         let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -398,15 +402,21 @@ fn login_and_query(url: &str) -> bool {
                 let (client, connection) =
                     tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
                 let driver = tokio::spawn(connection);
-                let answered = client.simple_query("SELECT 1").await.map(|_| ());
+                let answered = client
+                    .query_one("SELECT current_setting('data_directory')", &[])
+                    .await
+                    .map(|row| row.get::<_, String>(0));
                 drop(client);
                 let _ = driver.await;
                 answered
             };
-            matches!(
-                tokio::time::timeout(Duration::from_secs(5), attempt).await,
-                Ok(Ok(()))
-            )
+            match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+                Ok(Ok(theirs)) => {
+                    let theirs = PathBuf::from(theirs);
+                    theirs.canonicalize().unwrap_or(theirs) == ours
+                }
+                _ => false,
+            }
         })
     })
     .join()
