@@ -276,12 +276,19 @@ impl Loop<'_> {
                 .calls
                 .fetch_add(calls as u64, Ordering::Relaxed);
             let start = Instant::now();
-            if self.commit_group(group) {
+            if let Some(events) = self.commit_group(group) {
                 let took = start.elapsed();
                 self.counters.commits.fetch_add(1, Ordering::Relaxed);
                 metrics::batch(BACKEND, "commit", calls);
                 metrics::commit(BACKEND, took);
-                tracing::debug!(calls, ?took, "presence-sqlite commit");
+                // A commit that changed nobody's presence is heartbeats (or
+                // calls that changed nothing): one per heartbeat on a quiet
+                // store, so below debug.
+                if events > 0 {
+                    tracing::debug!(calls, events, ?took, "presence-sqlite commit");
+                } else {
+                    tracing::trace!(calls, ?took, "presence-sqlite commit");
+                }
                 if let Some(checkpointer) = self.checkpointer {
                     checkpointer.committed(self.conn);
                 }
@@ -293,20 +300,21 @@ impl Loop<'_> {
     /// own, so a failing job is rolled back alone and fails only its caller.
     /// Results and events are released only after COMMIT; if anything about
     /// the transaction itself fails, every caller of the group gets the same
-    /// error and nothing is applied. Returns whether the group committed.
-    fn commit_group(&self, group: Vec<Box<dyn Job>>) -> bool {
+    /// error and nothing is applied. Returns how many events the group
+    /// emitted if it committed.
+    fn commit_group(&self, group: Vec<Box<dyn Job>>) -> Option<usize> {
         let conn = self.conn;
         let calls = group.len();
         let mut jobs = group.into_iter();
         if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
             abort(conn, calls, Vec::new(), jobs, error);
-            return false;
+            return None;
         }
         let mut staged = Vec::with_capacity(jobs.len());
         while let Some(job) = jobs.next() {
             if let Err(error) = execute_cached(conn, "SAVEPOINT call") {
                 abort(conn, calls, staged, std::iter::once(job).chain(jobs), error);
-                return false;
+                return None;
             }
             let done = job.run(conn, self.sql);
             let ended = if done.ok {
@@ -318,18 +326,20 @@ impl Loop<'_> {
             staged.push(done);
             if let Err(error) = ended {
                 abort(conn, calls, staged, jobs, error);
-                return false;
+                return None;
             }
         }
         if let Err(error) = conn.execute_batch("COMMIT") {
             abort(conn, calls, staged, jobs, error);
-            return false;
+            return None;
         }
+        let mut events = 0;
         for done in staged {
+            events += done.events.len();
             self.channels.send_all(done.events);
             (done.finish)(None);
         }
-        true
+        Some(events)
     }
 }
 
