@@ -15,6 +15,7 @@ use tokio::sync::{OnceCell, broadcast};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::sync::lock;
 use crate::wire::{WebDiff, WebMember, WebState, to_json};
 
 /// Frames kept for a viewer that is slow to read before it gets the whole
@@ -66,7 +67,7 @@ impl Hubs {
 
     /// The topic's hub, if one is open.
     pub(crate) fn get(&self, topic: &Topic) -> Option<Arc<Hub>> {
-        let slots = self.slots.lock().unwrap();
+        let slots = lock(&self.slots);
         slots
             .get(topic)?
             .get()
@@ -76,7 +77,7 @@ impl Hubs {
 
     /// How many hubs are open (for tests and the bench).
     pub(crate) fn open_count(&self) -> usize {
-        self.slots.lock().unwrap().len()
+        lock(&self.slots).len()
     }
 
     /// A viewer of `topic`: opens its hub through `channels.subscribe(as_viewer)`
@@ -89,19 +90,13 @@ impl Hubs {
         count_only: bool,
     ) -> presence::Result<ViewerGuard> {
         loop {
-            let slot = self
-                .slots
-                .lock()
-                .unwrap()
-                .entry(topic.clone())
-                .or_default()
-                .clone();
+            let slot = lock(&self.slots).entry(topic.clone()).or_default().clone();
             let hub = slot
                 .get_or_try_init(|| self.open(channels, as_viewer, topic, count_only))
                 .await?
                 .clone();
             let attached = {
-                let slots = self.slots.lock().unwrap();
+                let slots = lock(&self.slots);
                 // Counted under the lock a retiring hub checks its viewers
                 // under: a hub is never retired with a viewer on its way in.
                 let current = slots.get(topic).is_some_and(|s| Arc::ptr_eq(s, &slot));
@@ -306,7 +301,7 @@ fn frame(seq: u64, id: &str, event: &str, data: &[u8]) -> Frame {
 
 impl Hub {
     fn is_closed(&self) -> bool {
-        self.state.lock().unwrap().sender.is_none()
+        lock(&self.state).sender.is_none()
     }
 
     /// The epoch of its ids.
@@ -321,7 +316,7 @@ impl Hub {
     /// The `/state` answer for this channel: the state now and the id of
     /// the last diff it includes.
     pub(crate) fn web_state(&self) -> Vec<u8> {
-        let locked = self.state.lock().unwrap();
+        let locked = lock(&self.state);
         let id = self.id(locked.seq);
         let members = locked.state.sorted();
         to_json(&WebState {
@@ -362,7 +357,7 @@ impl Hub {
     /// not: a state read between two diffs may already hold a change, and
     /// re-applying it is harmless, missing it is not).
     fn flush(&self, touched: &mut HashSet<MemberId>) {
-        let mut locked = self.state.lock().unwrap();
+        let mut locked = lock(&self.state);
         if touched.is_empty() && locked.state.counts == locked.state.sent_counts {
             return;
         }
@@ -408,7 +403,7 @@ impl Hub {
     /// A viewer's start: the whole state, or (when `after` names a diff of
     /// this hub still in its history) the diffs after it; then live diffs.
     pub(crate) fn tap(self: &Arc<Self>, guard: ViewerGuard, after: Option<u64>) -> Option<Tap> {
-        let mut locked = self.state.lock().unwrap();
+        let mut locked = lock(&self.state);
         let receiver = locked.sender.as_ref()?.subscribe();
         let seq = locked.seq;
         let mut first = VecDeque::new();
@@ -442,7 +437,7 @@ impl Hub {
     }
 
     fn close(&self) {
-        let mut locked = self.state.lock().unwrap();
+        let mut locked = lock(&self.state);
         locked.sender = None;
     }
 }
@@ -467,7 +462,7 @@ impl ViewerGuard {
 impl Drop for ViewerGuard {
     fn drop(&mut self) {
         if self.hub.viewers.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.hub.state.lock().unwrap().idle_since = Instant::now();
+            lock(&self.hub.state).idle_since = Instant::now();
         }
     }
 }
@@ -502,7 +497,7 @@ impl Tap {
                 }
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     let frame = {
-                        let mut locked = self.hub.state.lock().unwrap();
+                        let mut locked = lock(&self.hub.state);
                         Hub::state_frame(&mut locked, &self.hub)
                     };
                     self.last = frame.seq;
@@ -530,7 +525,7 @@ async fn follow(hub: Arc<Hub>, mut feed: ChannelUpdates, settings: HubSettings, 
             () = settings.shutdown.cancelled() => break,
             update = feed.next() => {
                 let Some(update) = update else { break };
-                hub.state.lock().unwrap().state.apply(update, &mut touched);
+                lock(&hub.state).state.apply(update, &mut touched);
                 dirty = true;
                 let quiet = last_flush.is_none_or(|at| at.elapsed() >= settings.coalesce);
                 if quiet {
@@ -545,8 +540,8 @@ async fn follow(hub: Arc<Hub>, mut feed: ChannelUpdates, settings: HubSettings, 
                 last_flush = Some(Instant::now());
             }
             _ = idle.tick() => {
-                let mut slots = slots.lock().unwrap();
-                let idle_for = hub.state.lock().unwrap().idle_since.elapsed();
+                let mut slots = lock(&slots);
+                let idle_for = lock(&hub.state).idle_since.elapsed();
                 if hub.viewers.load(Ordering::SeqCst) == 0 && idle_for >= settings.linger {
                     forget(&mut slots, &hub);
                     hub.close();
@@ -558,7 +553,7 @@ async fn follow(hub: Arc<Hub>, mut feed: ChannelUpdates, settings: HubSettings, 
     if dirty {
         hub.flush(&mut touched);
     }
-    forget(&mut slots.lock().unwrap(), &hub);
+    forget(&mut lock(&slots), &hub);
     hub.close();
 }
 

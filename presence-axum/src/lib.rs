@@ -7,6 +7,7 @@ mod events;
 mod hub;
 mod input;
 mod limits;
+mod sync;
 mod wire;
 
 use std::future::Future;

@@ -10,6 +10,7 @@ use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
 use crate::config::RateLimit;
+use crate::sync::lock;
 
 /// A map that drops what `keep` refuses once it has doubled since it last
 /// did, so it stays proportional to what is alive at O(1) per insertion.
@@ -65,7 +66,7 @@ impl<K: Hash + Eq> RateLimiter<K> {
             let regained = now.saturating_duration_since(bucket.at).as_secs_f64() / per_token;
             (bucket.tokens + regained).min(capacity)
         };
-        let mut buckets = self.buckets.lock().unwrap();
+        let mut buckets = lock(&self.buckets);
         // Full buckets hold nothing worth keeping.
         buckets.prune(|_, bucket| refill(bucket) < capacity);
         let bucket = buckets.map.entry(key).or_insert(Bucket {
@@ -100,7 +101,7 @@ impl<K: Hash + Eq> Turns<K> {
     /// Waits for `key`'s turn; it lasts as long as the guard.
     pub(crate) async fn take(&self, key: K) -> OwnedMutexGuard<()> {
         let turn = {
-            let mut turns = self.turns.lock().unwrap();
+            let mut turns = lock(&self.turns);
             // A turn nobody holds or waits for is only held by the map.
             turns.prune(|_, turn| Arc::strong_count(turn) > 1);
             turns.map.entry(key).or_default().clone()
@@ -143,7 +144,7 @@ mod tests {
                 tokio::time::advance(Duration::from_secs(1)).await;
             }
         }
-        let kept = limiter.buckets.lock().unwrap().map.len();
+        let kept = lock(&limiter.buckets).map.len();
         assert!(kept < 2100, "{kept} buckets kept");
     }
 
