@@ -2,11 +2,13 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use presence::serde_json::{Value, json};
-use presence::{PresenceKey, Topic};
+use presence::{Access, ChannelConfig, Channels, PresenceKey, Topic};
 use presence_axum::Config;
 use support::{App, Backend, Members, json};
 
@@ -41,6 +43,47 @@ async fn bad_input_is_a_400_naming_the_field_and_changes_nothing(backend: Backen
     let Some(app) = app(backend).await else {
         return;
     };
+    // With nobody present, a refused request must not enter anyone...
+    refuse_every_bad_request(&app).await;
+    assert!(
+        present(&app, "room/1").await.is_empty(),
+        "a refused request entered nobody"
+    );
+    assert!(present(&app, "room/2").await.is_empty());
+    // ...and with bob present, it must not leave him nor change his meta.
+    let (status, _, _) = app
+        .update(
+            Some("bob"),
+            json!({ "client_id": "tab", "present": ["room/1"], "meta": { "room/1": { "v": 1 } } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    refuse_every_bad_request(&app).await;
+    assert_eq!(present(&app, "room/1").await, ["bob/tab"], "nobody left");
+    let topic = Topic::new("room/1").unwrap();
+    let bob = app.store.members(&topic).await.unwrap().remove(0);
+    assert_eq!(
+        bob.connections[0].meta.to_value(),
+        json!({ "v": 1 }),
+        "no meta changed"
+    );
+    // A valid request after all of them still works: nothing was half-done.
+    let (status, _, answer) = app
+        .update(
+            Some("bob"),
+            json!({ "client_id": "tab", "present": ["room/1"] }),
+        )
+        .await;
+    assert_eq!(
+        (status, json(&answer)),
+        (StatusCode::OK, json!({ "room/1": true }))
+    );
+}
+
+/// Every kind of bad request to `/update`, `/state`, `/events` and
+/// `/leave` (as bob, client `tab`, about `room/1`): each answers `400`
+/// naming the field.
+async fn refuse_every_bad_request(app: &App) {
     let long = "x".repeat(256);
     let deep = (0..70).fold(json!(1), |inner, _| json!({ "a": inner }));
     let cases: Vec<(Value, &str)> = vec![
@@ -173,21 +216,6 @@ async fn bad_input_is_a_400_naming_the_field_and_changes_nothing(backend: Backen
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(json(&answer)["field"], field, "{body}");
     }
-    assert!(
-        present(&app, "room/1").await.is_empty(),
-        "a refused request changed nothing"
-    );
-    // A valid request after all of them still works: nothing was half-done.
-    let (status, _, answer) = app
-        .update(
-            Some("bob"),
-            json!({ "client_id": "tab", "present": ["room/1"] }),
-        )
-        .await;
-    assert_eq!(
-        (status, json(&answer)),
-        (StatusCode::OK, json!({ "room/1": true }))
-    );
 }
 
 async fn fifty_one_channels_are_refused(backend: Backend) {
@@ -195,6 +223,14 @@ async fn fifty_one_channels_are_refused(backend: Backend) {
         return;
     };
     let names: Vec<String> = (0..51).map(|i| format!("room/{i}")).collect();
+    // Bob is in room/0, so a refused leave of 51 channels would show.
+    let (status, _, _) = app
+        .update(
+            Some("bob"),
+            json!({ "client_id": "tab", "present": ["room/0"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
     let (status, _, answer) = app
         .update(Some("bob"), json!({ "client_id": "tab", "present": names }))
         .await;
@@ -230,7 +266,8 @@ async fn fifty_one_channels_are_refused(backend: Backend) {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(present(&app, "room/0").await.is_empty());
+    assert_eq!(present(&app, "room/0").await, ["bob/tab"], "nobody left");
+    assert!(present(&app, "room/50").await.is_empty(), "nobody entered");
     // Fifty are fine.
     let (status, _, answer) = app
         .update(
@@ -890,7 +927,86 @@ async fn a_backend_failure_is_a_503(backend: Backend) {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
+/// Keep-alive comments flow on an idle stream, and at each one the
+/// viewer's right to see its channels is checked again: a viewer the app
+/// stopped letting see a channel gets the same "missing" state a channel
+/// that does not exist gives, and nothing of it after.
+async fn keep_alives_flow_and_recheck_who_may_see(backend: Backend) {
+    let Some(store) = backend.open().await else {
+        return;
+    };
+    let open = Arc::new(AtomicBool::new(true));
+    let resolver_open = open.clone();
+    let channels = Channels::new(store)
+        .cache_for(Duration::from_millis(1))
+        .channel("secret/", move |_topic| {
+            let open = resolver_open.load(Ordering::SeqCst);
+            async move {
+                Some(if open {
+                    ChannelConfig::public()
+                } else {
+                    ChannelConfig {
+                        view: Access::only(["alice"]).ok()?,
+                        enter: Access::only(["alice"]).ok()?,
+                        ..ChannelConfig::public()
+                    }
+                })
+            }
+        });
+    let app = App::with_channels(
+        channels,
+        Config {
+            keep_alive: Duration::from_millis(100),
+            ..config()
+        },
+    );
+    let mut viewer = app.events("channel=secret/1", Some("carol"), None).await;
+    let state = viewer.next().await.unwrap();
+    assert_eq!(state.event, "state");
+    assert!(
+        state.data["missing"].is_null(),
+        "carol sees it: {:?}",
+        state.data
+    );
+    assert!(
+        viewer
+            .next_within(Duration::from_millis(350))
+            .await
+            .is_none(),
+        "no event on an idle channel"
+    );
+    let comments = String::from_utf8_lossy(&viewer.received)
+        .matches(": keep-alive\n\n")
+        .count();
+    assert!(comments >= 1, "keep-alive comments on an idle stream");
+
+    open.store(false, Ordering::SeqCst);
+    let revoked = viewer.next().await.expect("the stream goes on");
+    assert_eq!(
+        (revoked.event.as_str(), revoked.data.clone()),
+        ("state", json!({ "channel": "secret/1", "missing": true })),
+        "a revoked channel reads as a missing one"
+    );
+    // Nothing of the channel reaches carol after that.
+    let (status, _, _) = app
+        .update(
+            Some("alice"),
+            json!({ "client_id": "tab", "present": ["secret/1"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        viewer
+            .next_within(Duration::from_millis(350))
+            .await
+            .is_none(),
+        "alice's join is not sent to carol"
+    );
+    assert!(!String::from_utf8_lossy(&viewer.received).contains("alice"));
+}
+
 on_every_backend!(
+    keep_alives_flow_and_recheck_who_may_see,
     bad_input_is_a_400_naming_the_field_and_changes_nothing,
     fifty_one_channels_are_refused,
     update_enters_heartbeats_sets_meta_and_leaves,

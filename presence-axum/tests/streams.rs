@@ -10,7 +10,7 @@ use axum::Router;
 use presence::serde_json::json;
 use presence::sqlite::{SqliteConfig, SqliteStore};
 use presence_axum::{CancellationToken, Config};
-use support::{App, Members, PATIENCE};
+use support::{App, Backend, Members, PATIENCE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// 200 members join one after another, 5 ms apart (by tokio's paused
@@ -84,11 +84,13 @@ async fn open_stream(addr: std::net::SocketAddr, path: &str) -> (tokio::net::Tcp
     (socket, seen)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_shutdown_completes_with_streams_open() {
+async fn graceful_shutdown_completes_with_streams_open(backend: Backend) {
+    let Some(store) = backend.open().await else {
+        return;
+    };
     let shutdown = CancellationToken::new();
     let app = App::new(
-        Arc::new(presence::memory::MemoryStore::new()),
+        store,
         Config {
             shutdown: shutdown.clone(),
             ..Config::default()
@@ -140,17 +142,21 @@ async fn graceful_shutdown_completes_with_streams_open() {
     assert_eq!(status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn closing_the_channels_ends_the_streams() {
-    let app = App::new(
-        Arc::new(presence::memory::MemoryStore::new()),
-        Config::default(),
-    );
+async fn closing_the_channels_ends_the_streams(backend: Backend) {
+    let Some(store) = backend.open().await else {
+        return;
+    };
+    let app = App::new(store, Config::default());
     let mut viewer = app.events("channel=room/1", Some("viewer"), None).await;
     viewer.next().await.unwrap();
     app.web.channels().close().await;
     assert!(viewer.next().await.is_none(), "the stream ended");
 }
+
+on_every_backend!(
+    graceful_shutdown_completes_with_streams_open,
+    closing_the_channels_ends_the_streams,
+);
 
 /// Two app servers on one SQLite file: each store sees its own events
 /// only, so the rooms re-read the file on an interval.

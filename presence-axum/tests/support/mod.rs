@@ -178,8 +178,14 @@ pub struct App {
 
 impl App {
     pub fn new(store: Arc<dyn PresenceStore>, config: Config) -> Self {
+        Self::with_channels(channels(store), config)
+    }
+
+    /// The router over channels of the test's own, on their store.
+    pub fn with_channels(channels: Channels, config: Config) -> Self {
+        let store = channels.store().clone();
         let web = PresenceWeb::with_config(
-            channels(store.clone()),
+            channels,
             |parts: &Parts| {
                 let user = parts
                     .headers
