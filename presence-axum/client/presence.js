@@ -527,6 +527,7 @@ export class PresenceClient {
     const names = this.#subscribedNames();
     const same =
       this.#source &&
+      names.length > 0 &&
       names.length === this.#sourceChannels.length &&
       names.every((n, i) => n === this.#sourceChannels[i]);
     if (same) return;
@@ -567,6 +568,9 @@ export class PresenceClient {
       }
       this._emitChannel(data.channel);
     };
+    source.addEventListener("open", () => {
+      if (this.#source === source) this.#sourceFailures = 0;
+    });
     source.addEventListener("state", handle("state"));
     source.addEventListener("diff", handle("diff"));
     source.addEventListener("error", () => {

@@ -84,10 +84,7 @@ fn the_client_in_node_and_in_a_real_browser() {
             // playwright-core drives the machine's chromium; never fetch one.
             .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1"),
     );
-    run(
-        &client,
-        Command::new("node").args(["--test", "test/merge.test.js", "test/client.test.js"]),
-    );
+    run(&client, Command::new("npm").args(["test", "--silent"]));
     let room = room_example(workspace);
     run(
         &client,
