@@ -3,6 +3,12 @@
 
 use presence_core::{Meta, PresenceKey, PresenceStore};
 
+/// The repository README's examples, compiled and run as doctests here (an
+/// unpublished crate of the workspace: the README is not in any package).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct RepositoryReadme;
+
 /// Key `i` of a workload spread over `topics` topics, one connection per
 /// member, every member id distinct.
 pub fn spread_key(i: usize, topics: usize) -> PresenceKey {

@@ -33,8 +33,3 @@ pub use presence_redis as redis;
 /// The embedded SQLite store (feature `sqlite`).
 #[cfg(feature = "sqlite")]
 pub use presence_sqlite as sqlite;
-
-/// The repository README's examples, compiled and run as doctests.
-#[cfg(all(doctest, feature = "memory", feature = "sqlite"))]
-#[doc = include_str!("../../README.md")]
-struct RepositoryReadme;
