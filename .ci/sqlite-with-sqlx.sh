@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # CI: an app that uses sqlx's SQLite can add presence-sqlite. A build links
 # one SQLite (libsqlite3-sys: links = "sqlite3"), so this creates a scratch
-# app in a temporary directory depending on presence-sqlite (a path
-# dependency on this repository) and on the current sqlx release with its
+# app in a temporary directory depending on presence-kit with its `sqlite`
+# feature (a path dependency on this repository), as apps use it, and on
+# the current sqlx release with its
 # SQLite driver, lets cargo resolve it afresh, checks that one
 # libsqlite3-sys serves both, builds it (debug) and runs it: the app writes
 # through sqlx and through presence into one file. Fails if any step does.
@@ -24,15 +25,14 @@ edition = "2024"
 publish = false
 
 [dependencies]
-presence-sqlite = { path = "$repo/presence-sqlite" }
+presence-kit = { path = "$repo/presence", default-features = false, features = ["sqlite"] }
 sqlx = { version = "0.9", features = ["runtime-tokio", "sqlite"] }
 tokio = { version = "1", features = ["macros", "rt-multi-thread"] }
 
 [workspace]
 TOML
 cat > "$app/src/main.rs" <<'RUST'
-use presence_sqlite::presence_core::{Meta, PresenceKey, PresenceStore, Topic};
-use presence_sqlite::{SqliteConfig, SqliteStore};
+use presence::{Meta, PresenceKey, PresenceStore, Topic};
 
 #[tokio::main]
 async fn main() {
@@ -53,8 +53,10 @@ async fn main() {
         .await
         .unwrap();
 
-    // Presence in the same file, through presence-sqlite.
-    let store = SqliteStore::open(SqliteConfig::file(&path)).await.unwrap();
+    // Presence in the same file, through presence-kit's SQLite store.
+    let store = presence::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
     let key = PresenceKey::new("/notes/1", "alice", "tab").unwrap();
     store.join(&key, Meta::new()).await.unwrap();
     let members = store.count(&Topic::new("/notes/1").unwrap()).await.unwrap().members;
@@ -71,12 +73,12 @@ async fn main() {
     pool.close().await;
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!((notes, members, present), (1, 1, 1));
-    println!("sqlx and presence-sqlite share one SQLite: {notes} note, {members} member present");
+    println!("sqlx and presence-kit share one SQLite: {notes} note, {members} member present");
 }
 RUST
 
 cd "$app"
-echo "== resolving presence-sqlite with sqlx 0.9 (sqlite)"
+echo "== resolving presence-kit (sqlite) with sqlx 0.9 (sqlite)"
 cargo generate-lockfile --quiet
 versions="$(cargo tree -i libsqlite3-sys --depth 0 --prefix none --format '{p}' | grep . | sort -u)"
 echo "libsqlite3-sys in the build: $versions"
