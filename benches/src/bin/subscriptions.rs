@@ -2,9 +2,9 @@
 //! subscription, and what is left after 10,000 topics were subscribed once
 //! and dropped (topics never written again: a browser that opened a room
 //! and left). Run with
-//! `cargo run --release -p benches --bin subscriptions [memory|sqlite|postgres]`
-//! (default: all three; Postgres needs a server, see
-//! `presence_postgres::testing`).
+//! `cargo run --release -p benches --bin subscriptions [memory|sqlite|postgres|redis]`
+//! (default: all four; Postgres and Redis need a server, see
+//! `presence_postgres::testing` and `presence_redis::testing`).
 
 use std::alloc::System;
 use std::time::Duration;
@@ -82,6 +82,16 @@ fn main() {
                     measure("postgres", &store).await;
                 }
                 None => println!("postgres: no server, skipped"),
+            }
+        }
+        if wanted("redis") {
+            match presence_redis::testing::server_url() {
+                Some(_) => {
+                    let config = presence_redis::testing::store_config("subs");
+                    let store = presence_redis::RedisStore::connect(config).await.unwrap();
+                    measure("redis", &store).await;
+                }
+                None => println!("redis: no server, skipped"),
             }
         }
     });
