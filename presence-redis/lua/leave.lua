@@ -4,7 +4,7 @@
 -- ARGV[1]: publish command; ARGV[2]: reason ("L" left, "D" disconnected);
 -- ARGV[3]: n topics; ARGV[4 .. 3+n]: their names;
 --   then pairs: topic number t, member\0connection
--- Returns the departures as flat rows (see remove in lib.lua).
+-- Returns the removal answer (see publish_removals in lib.lua).
 local command, kind, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local by_topic = {}
 for a = 4 + n, #ARGV, 2 do
@@ -12,14 +12,10 @@ for a = 4 + n, #ARGV, 2 do
   by_topic[t] = by_topic[t] or {}
   table.insert(by_topic[t], ARGV[a + 1])
 end
-local rows = {}
 for t = 1, n do
   if by_topic[t] then
-    for _, x in ipairs(remove(t, by_topic[t], kind)) do
-      rows[#rows + 1] = x
-    end
+    remove(t, by_topic[t], kind)
     drop_if_empty(t, ARGV[3 + t])
   end
 end
-publish(command)
-return rows
+return publish_removals(command, {})

@@ -34,21 +34,20 @@ local function split(field)
   return string.sub(field, 1, cut - 1), string.sub(field, cut + 1)
 end
 
--- Byte order, whatever LC_COLLATE the server runs with (Lua's < uses strcoll).
-local function before(a, b)
-  local n = math.min(#a, #b)
-  for i = 1, n do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then
-      return x < y
-    end
-  end
-  return #a < #b
-end
-
 -- Events, one message per topic per call: records "<kind><flag>" followed
--- by member, connection, joined_at, last_seen_at and meta, each "<len>:<bytes>".
+-- by member, connection, joined_at, last_seen_at and meta, each "<len>:<bytes>"
+-- (joins and updates), or one removal message (see remove below).
 local events = {}
+
+-- Decimal lengths, each formatted once per call (Lua's number formatting
+-- is the dearest part of a record).
+local decimal = setmetatable({}, {
+  __index = function(cache, n)
+    local text = tostring(n)
+    cache[n] = text
+    return text
+  end,
+})
 
 local function emit(t, kind, flag, member, connection, joined, seen, meta)
   local list = events[t]
@@ -56,15 +55,20 @@ local function emit(t, kind, flag, member, connection, joined, seen, meta)
     list = {}
     events[t] = list
   end
-  list[#list + 1] = kind .. flag .. #member .. ':' .. member .. #connection .. ':' .. connection
-    .. #joined .. ':' .. joined .. #seen .. ':' .. seen .. #meta .. ':' .. meta
+  list[#list + 1] = kind .. flag .. decimal[#member] .. ':' .. member .. decimal[#connection] .. ':'
+    .. connection .. decimal[#joined] .. ':' .. joined .. decimal[#seen] .. ':' .. seen
+    .. decimal[#meta] .. ':' .. meta
 end
 
+-- Publishes each topic's message; returns them by topic number.
 local function publish(command)
+  local messages = {}
   for t, list in pairs(events) do
     local _, _, _, _, v = group(t)
-    redis.call(command, v, table.concat(list))
+    messages[t] = table.concat(list)
+    redis.call(command, v, messages[t])
   end
+  return messages
 end
 
 -- The index of a topic whose entry was stamped `seen`: its score stays a
@@ -82,49 +86,73 @@ local function drop_if_empty(t, topic)
   end
 end
 
--- The bucket of an id (see keys.rs: the same hash).
-local function bucket(id)
-  local h = 0
-  for i = 1, #id do
-    h = (h * 31 + string.byte(id, i)) % 1000003
-  end
-  return h % 1024
-end
-
--- Removes `fields` (each at most once, absent ones skipped) from topic t and
--- returns the departures in byte order of member, then connection, as flat
--- rows {t, member, connection, joined_at, last_seen_at, meta, token, last},
--- `last` being 1 on a member's last departure when it has nothing left.
--- Emits one `kind` record per departure, in the same order. With
--- `index_prefix` (one server only: the member indexes are keys of the same
--- server), also takes the departures out of their members' indexes, in the
--- same atomic step.
-local function remove(t, fields, kind, topic, index_prefix)
+-- Removes `fields` from topic t (once per topic per call) and records
+-- its departures as the topic's one event message, a removal message (see
+-- wire.rs): "R", the kind byte, "A" (every member gone) or "S" (some), the
+-- number of departures, then NUL-separated: per departure its field
+-- (member\0connection), stored value and last_seen_at, and with "S" the
+-- members left with nothing in the topic. Ids and stored values hold no
+-- NUL, so the script builds the message with one table.concat: no per
+-- departure parsing, formatting or sorting (the reader puts departures in
+-- the contract's order and sets last_for_member).
+-- `options` (all optional):
+--   present  the fields are all present, without repeats (else repeats and
+--            absent fields are skipped)
+--   scores   the fields' last_seen_at, aligned with them (else read)
+local function remove(t, fields, kind, options)
+  options = options or {}
   local e, s, c, m = group(t)
-  local rows, seen_field = {}, {}
-  local unique = {}
-  for _, f in ipairs(fields) do
-    if not seen_field[f] then
-      seen_field[f] = true
-      unique[#unique + 1] = f
+  local unique = fields
+  if not options.present then
+    local seen_field = {}
+    unique = {}
+    for _, f in ipairs(fields) do
+      if not seen_field[f] then
+        seen_field[f] = true
+        unique[#unique + 1] = f
+      end
     end
   end
   if #unique == 0 then
-    return rows
+    return
   end
-  local present = {}
+  -- Every entry of the topic goes: its four keys are unlinked (freed off
+  -- the server's main thread), every member is gone.
+  local whole = options.present and #unique == redis.call('ZCARD', s)
+  local flat, n = {}, 0
+  local removed_of, order = {}, {}
   for from = 1, #unique, 1000 do
-    local piece = {}
-    for j = from, math.min(from + 999, #unique) do
-      piece[#piece + 1] = unique[j]
+    local piece = unique
+    if from > 1 or #unique > 1000 then
+      piece = { unpack(unique, from, math.min(from + 999, #unique)) }
     end
     local values = redis.call('HMGET', e, unpack(piece))
-    local scores = redis.call('ZMSCORE', s, unpack(piece))
+    local scores
+    if options.scores then
+      scores = { unpack(options.scores, from, math.min(from + 999, #unique)) }
+    else
+      scores = redis.call('ZMSCORE', s, unpack(piece))
+    end
     local gone = {}
     for j, f in ipairs(piece) do
-      if values[j] then
-        present[#present + 1] = { f, values[j], scores[j] or '0' }
-        gone[#gone + 1] = f
+      local value = values[j]
+      if value then
+        local cut = string.find(f, '\0', 1, true)
+        if cut then
+          local k = #flat
+          flat[k + 1], flat[k + 2], flat[k + 3] = f, value, scores[j] or '0'
+          n = n + 1
+        end
+        if not whole then
+          gone[#gone + 1] = f
+          local member = cut and string.sub(f, 1, cut - 1) or f
+          local removed = removed_of[member]
+          if not removed then
+            order[#order + 1] = member
+            removed = 0
+          end
+          removed_of[member] = removed + 1
+        end
       end
     end
     if #gone > 0 then
@@ -133,56 +161,49 @@ local function remove(t, fields, kind, topic, index_prefix)
       redis.call('ZREM', c, unpack(gone))
     end
   end
-  table.sort(present, function(a, b) return before(a[1], b[1]) end)
-  -- Each member's count once, and whether it is gone.
-  local removed_of, order = {}, {}
-  for _, p in ipairs(present) do
-    local member = split(p[1])
-    if not removed_of[member] then
-      removed_of[member] = 0
-      order[#order + 1] = member
-    end
-    removed_of[member] = removed_of[member] + 1
-  end
-  -- Three commands for all the members, however many: read their counts,
-  -- drop those left with nothing, write the others.
-  local left_of, gone, kept = {}, {}, {}
-  for from = 1, #order, 1000 do
-    local piece = {}
-    for j = from, math.min(from + 999, #order) do
-      piece[#piece + 1] = order[j]
-    end
-    local counts = redis.call('HMGET', m, unpack(piece))
-    for j, member in ipairs(piece) do
-      local n = tonumber(counts[j] or 0) - removed_of[member]
-      left_of[member] = n
-      if n <= 0 then
-        gone[#gone + 1] = member
-      else
-        kept[#kept + 1] = member
-        kept[#kept + 1] = n
+  local scope = 'A'
+  if whole then
+    redis.call('UNLINK', e, s, c, m)
+  else
+    scope = 'S'
+    -- Three commands for all the members, however many: read their
+    -- counts, drop those left with nothing, write the others.
+    local gone, kept = {}, {}
+    for from = 1, #order, 1000 do
+      local piece = order
+      if from > 1 or #order > 1000 then
+        piece = { unpack(order, from, math.min(from + 999, #order)) }
+      end
+      local counts = redis.call('HMGET', m, unpack(piece))
+      for j, member in ipairs(piece) do
+        local left = tonumber(counts[j] or 0) - removed_of[member]
+        if left <= 0 then
+          gone[#gone + 1] = member
+          flat[#flat + 1] = member
+        else
+          kept[#kept + 1] = member
+          kept[#kept + 1] = left
+        end
       end
     end
-  end
-  for from = 1, #gone, 1000 do
-    redis.call('HDEL', m, unpack(gone, from, math.min(from + 999, #gone)))
-  end
-  for from = 1, #kept, 2000 do
-    redis.call('HSET', m, unpack(kept, from, math.min(from + 1999, #kept)))
-  end
-  for j, p in ipairs(present) do
-    local member, connection = split(p[1])
-    local next_member = present[j + 1] and split(present[j + 1][1])
-    local last = (next_member ~= member and left_of[member] <= 0) and 1 or 0
-    local joined, token, meta = parse(p[2])
-    if index_prefix then
-      redis.call('ZREM', index_prefix .. '{' .. bucket(member) .. '}u:' .. member, connection .. '\0' .. topic)
+    for from = 1, #gone, 1000 do
+      redis.call('HDEL', m, unpack(gone, from, math.min(from + 999, #gone)))
     end
-    emit(t, kind, last, member, connection, joined, p[3], meta)
-    local row = { t, member, connection, joined, p[3], meta, token, last }
-    for _, x in ipairs(row) do
-      rows[#rows + 1] = x
+    for from = 1, #kept, 2000 do
+      redis.call('HSET', m, unpack(kept, from, math.min(from + 1999, #kept)))
     end
   end
-  return rows
+  if n > 0 then
+    events[t] = { 'R' .. kind .. scope .. n .. '\0' .. table.concat(flat, '\0') }
+  end
+end
+
+-- Publishes the events and appends a removal's answer to `out`: per topic
+-- with departures, its number and its removal message.
+local function publish_removals(command, out)
+  for t, message in pairs(publish(command)) do
+    out[#out + 1] = t
+    out[#out + 1] = message
+  end
+  return out
 end

@@ -86,6 +86,12 @@ impl Keys {
         ]
     }
 
+    /// The `s` zset of a topic (last_seen_at of its entries), which
+    /// `touch` writes with plain commands.
+    pub(crate) fn last_seen(&self, topic: &Topic) -> String {
+        format!("{}{{{}}}s:{topic}", self.prefix, bucket(topic))
+    }
+
     /// The pub/sub channel of a topic.
     pub(crate) fn channel(&self, topic: &Topic) -> String {
         format!("{}{{{}}}v:{topic}", self.prefix, bucket(topic))
@@ -126,6 +132,7 @@ mod tests {
                 assert!(key.starts_with(&format!("app:{tag}")), "{key}");
             }
             assert_eq!(keys.topic_of_channel(&all[4]), Some(name));
+            assert_eq!(keys.last_seen(&topic), all[1]);
         }
         assert_eq!(keys.topic_of_channel("other:{1}v:room"), None);
         assert!(bucket("room") < BUCKETS);

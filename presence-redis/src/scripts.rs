@@ -13,7 +13,6 @@ macro_rules! with_lib {
 pub(crate) struct Scripts {
     pub(crate) join: Script,
     pub(crate) update: Script,
-    pub(crate) touch: Script,
     pub(crate) leave: Script,
     pub(crate) leave_member: Script,
     pub(crate) sweep: Script,
@@ -28,7 +27,6 @@ pub(crate) struct Scripts {
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     join: Script::new(with_lib!("../lua/join.lua")),
     update: Script::new(with_lib!("../lua/update.lua")),
-    touch: Script::new(with_lib!("../lua/touch.lua")),
     leave: Script::new(with_lib!("../lua/leave.lua")),
     leave_member: Script::new(with_lib!("../lua/leave_member.lua")),
     sweep: Script::new(with_lib!("../lua/sweep.lua")),
@@ -42,11 +40,10 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 
 impl Scripts {
     /// Every script, to load them all at connect.
-    pub(crate) fn all(&self) -> [&Script; 12] {
+    pub(crate) fn all(&self) -> [&Script; 11] {
         [
             &self.join,
             &self.update,
-            &self.touch,
             &self.leave,
             &self.leave_member,
             &self.sweep,

@@ -12,7 +12,8 @@ use futures::StreamExt;
 use futures::future::join_all;
 use presence_core::{
     Clock, ConnectionId, Counts, Departure, Entry, Error, EventStream, Joined, Member, MemberId,
-    Meta, PresenceKey, PresenceStore, Reason, Result, Timestamp, Topic, check_batch, metrics,
+    Meta, PresenceKey, PresenceStore, Reason, Result, SharedError, Timestamp, Topic, check_batch,
+    metrics,
 };
 use redis::{Script, Value};
 
@@ -27,6 +28,10 @@ use crate::wire::{self, Malformed};
 
 /// How many per-topic sweeps (or bucket reads) run at once in `sweep_all`.
 const SWEEP_CONCURRENCY: usize = 8;
+
+/// The most member index changes per script call, so that a mass expiry's
+/// second step never holds the server long.
+const INDEX_PIECE: usize = 1_000;
 
 /// A random entry token: 53 bits (exact in a sorted set's score), never 0.
 pub(crate) fn random_token() -> u64 {
@@ -132,6 +137,14 @@ impl Topics {
     }
 }
 
+/// The distinct keys of one topic that one touch batch stamps with one
+/// time: a `ZADD` of their fields.
+struct TouchStamp<'a> {
+    topic: &'a Topic,
+    now: i64,
+    fields: Vec<Vec<u8>>,
+}
+
 /// `member\0connection`.
 pub(crate) fn field(member: &str, connection: &str) -> Vec<u8> {
     let mut field = Vec::with_capacity(member.len() + connection.len() + 1);
@@ -181,7 +194,6 @@ impl Db {
 
     /// Runs a script (by SHA, loading it on NOSCRIPT), bounded in time.
     async fn run(&self, what: &'static str, script: &Script, call: Call) -> Result<Value> {
-        let mut conn = self.conn()?;
         let mut invocation = script.prepare_invoke();
         for key in &call.keys {
             invocation.key(key);
@@ -189,6 +201,16 @@ impl Db {
         for arg in &call.args {
             invocation.arg(arg.as_slice());
         }
+        self.invoke(what, &invocation).await
+    }
+
+    /// Runs a prepared script call, bounded in time.
+    async fn invoke(
+        &self,
+        what: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<Value> {
+        let mut conn = self.conn()?;
         bounded(
             what,
             self.timeout(),
@@ -201,6 +223,18 @@ impl Db {
     async fn command(&self, what: &'static str, cmd: redis::Cmd) -> Result<Value> {
         let mut conn = self.conn()?;
         bounded(what, self.timeout(), cmd.query_async::<Value>(&mut conn)).await
+    }
+
+    /// Runs a pipeline of plain commands, bounded in time; an answer per
+    /// command.
+    async fn pipeline(&self, what: &'static str, pipe: &redis::Pipeline) -> Result<Vec<Value>> {
+        let mut conn = self.conn()?;
+        bounded(
+            what,
+            self.timeout(),
+            pipe.query_async::<Vec<Value>>(&mut conn),
+        )
+        .await
     }
 
     /// Many callers' joins: one script call per shard group, then each
@@ -352,30 +386,68 @@ impl Db {
                 .or_default()
                 .push(i);
         }
-        let calls = groups.into_values().map(|positions| {
+        // Pieces of at most INDEX_PIECE changes, each one script call, a
+        // member's changes together (the script reads one member's elements
+        // at once). Changes of one kind only per call (set, or swap).
+        let mut pieces = Vec::new();
+        for positions in groups.into_values() {
+            // Grouped by kind, then by member in order of first change
+            // (no sort: a mass expiry brings a hundred thousand changes).
+            let mut runs: HashMap<(bool, &MemberId), usize> = HashMap::new();
+            let mut grouped: Vec<Vec<usize>> = Vec::new();
+            for i in positions {
+                let change = &changes[i];
+                let run = *runs
+                    .entry((change.expected.is_some(), &change.member))
+                    .or_insert_with(|| {
+                        grouped.push(Vec::new());
+                        grouped.len() - 1
+                    });
+                grouped[run].push(i);
+            }
+            grouped.sort_by_key(|run| changes[run[0]].expected.is_some());
+            let ordered: Vec<usize> = grouped.into_iter().flatten().collect();
+            for kind in ordered
+                .chunk_by(|&a, &b| changes[a].expected.is_some() == changes[b].expected.is_some())
+            {
+                pieces.extend(kind.chunks(INDEX_PIECE).map(<[usize]>::to_vec));
+            }
+        }
+        let calls = pieces.into_iter().map(|positions| {
             let changes = &changes;
             async move {
-                let mut call = Call::default();
-                let mut numbers: HashMap<&MemberId, usize> = HashMap::new();
                 let swap = changes[positions[0]].expected.is_some();
-                for &i in &positions {
-                    let change = &changes[i];
-                    let n = *numbers.entry(&change.member).or_insert_with(|| {
-                        call.keys.push(self.keys.member(&change.member));
-                        call.keys.len()
-                    });
-                    call.arg(n).bytes(change.element.clone());
-                    if let Some(expected) = change.expected {
-                        call.arg(expected);
-                    }
-                    call.arg(change.token);
-                }
-                let script = if swap {
-                    &SCRIPTS.unindex
+                let mut invocation = if swap {
+                    SCRIPTS.unindex.prepare_invoke()
                 } else {
-                    &SCRIPTS.index
+                    SCRIPTS.index.prepare_invoke()
                 };
-                let done = self.run("index", script, call).await.map(|_| ());
+                let removing = positions.iter().all(|&i| changes[i].token == 0);
+                if swap {
+                    invocation.arg(if removing { "1" } else { "0" });
+                }
+                // One key per member, then its changes together.
+                let members = positions.chunk_by(|&a, &b| changes[a].member == changes[b].member);
+                for (n, run) in members.enumerate() {
+                    invocation.key(self.keys.member(&changes[run[0]].member));
+                    if swap {
+                        invocation.arg(n + 1).arg(run.len());
+                    }
+                    for &i in run {
+                        let change = &changes[i];
+                        if !swap {
+                            invocation.arg(n + 1);
+                        }
+                        invocation.arg(change.element.as_slice());
+                        if let Some(expected) = change.expected {
+                            invocation.arg(expected);
+                        }
+                        if !swap || !removing {
+                            invocation.arg(change.token);
+                        }
+                    }
+                }
+                let done = self.invoke("index", &invocation).await.map(|_| ());
                 (positions, done)
             }
         });
@@ -452,24 +524,22 @@ impl Db {
             (0..keys.len()).map(|_| Ok(None)).collect();
         let mut removed = Vec::new();
         for (positions, rows) in join_all(calls).await {
-            match rows {
-                Ok((topics, rows)) => {
-                    let rows = wire::array(rows);
+            let answer = rows.and_then(|(topics, rows)| {
+                wire::removal_answer(&wire::array(rows), &topics)
+                    .ok_or_else(|| Error::backend(BACKEND, Malformed("leave")))
+            });
+            match answer {
+                Ok(mut departures) => {
+                    wire::order_departures(&mut departures);
                     let mut by_key: HashMap<PresenceKey, Departure> = HashMap::new();
-                    for row in rows.chunks(8) {
-                        let Some((_, departure, token)) = wire::departure_row(row, &topics, reason)
-                        else {
-                            continue;
-                        };
-                        if let Some(departure) = departure {
-                            let key = &departure.entry.key;
-                            removed.push((
-                                key.member.clone(),
-                                element(&key.connection, &key.topic),
-                                token,
-                            ));
-                            by_key.insert(key.clone(), departure);
-                        }
+                    for (departure, token) in departures {
+                        let key = &departure.entry.key;
+                        removed.push((
+                            key.member.clone(),
+                            element(&key.connection, &key.topic),
+                            token,
+                        ));
+                        by_key.insert(key.clone(), departure);
                     }
                     for i in positions {
                         results[i] = Ok(by_key.remove(&keys[i]));
@@ -487,89 +557,168 @@ impl Db {
         results
     }
 
-    /// The departures of removal rows, their entries taken out of the
-    /// member indexes; in the contract's order.
-    async fn finish_removal(
-        &self,
-        rows: Vec<Value>,
-        topics: &[Topic],
-        reason: Reason,
-        indexed: bool,
-    ) -> Vec<Departure> {
-        let mut departures = Vec::new();
-        let mut removed = Vec::new();
-        for row in rows.chunks(8) {
-            if let Some((_, Some(departure), token)) = wire::departure_row(row, topics, reason) {
-                let key = &departure.entry.key;
-                removed.push((
-                    key.member.clone(),
-                    element(&key.connection, &key.topic),
-                    token,
-                ));
-                departures.push(departure);
-            }
-        }
-        if !indexed {
-            self.unindex(removed).await;
-        }
-        departures.sort_by(|a, b| a.entry.key.cmp(&b.entry.key));
+    /// The departures of removal scripts' answers (see
+    /// [`wire::removal_answer`]), their entries taken out of the member
+    /// indexes (the second step); in the contract's order.
+    async fn finish_removal(&self, mut removed: Vec<(Departure, u64)>) -> Vec<Departure> {
+        self.unindex(removed.iter().map(|(departure, token)| {
+            let key = &departure.entry.key;
+            (
+                key.member.clone(),
+                element(&key.connection, &key.topic),
+                *token,
+            )
+        }))
+        .await;
+        wire::order_departures(&mut removed);
+        let departures: Vec<Departure> = removed.into_iter().map(|(d, _)| d).collect();
         metrics::departed(BACKEND, &departures);
         departures
     }
 
     /// Refreshes `last_seen_at` of keys; whether each was present.
-    async fn touch_batch(&self, keys: &[(PresenceKey, i64)]) -> Vec<Result<bool>> {
-        let mut groups: BTreeMap<(u32, i64), Vec<usize>> = BTreeMap::new();
-        for (i, (key, now)) in keys.iter().enumerate() {
-            groups
-                .entry((self.group(&key.topic), *now))
-                .or_default()
-                .push(i);
+    ///
+    /// No script: one plain `ZADD s XX CH` per topic and time, pipelined
+    /// (one pipeline per shard group). `XX` never creates an entry, so the
+    /// command can only refresh entries that exist, whatever runs between
+    /// the commands. When its count of changed elements equals the number
+    /// of distinct keys sent, every one was present; otherwise (some are
+    /// absent, or were stamped at this very millisecond already) a
+    /// `ZMSCORE` of that topic says which are present.
+    async fn touch_batch(&self, keys: &[(&PresenceKey, i64)]) -> Vec<Result<bool>> {
+        let mut stamps: Vec<TouchStamp<'_>> = Vec::new();
+        let mut stamp_of: HashMap<(&Topic, i64), usize> = HashMap::new();
+        let mut field_of: HashMap<(&PresenceKey, i64), usize> = HashMap::with_capacity(keys.len());
+        // Each key's (stamp, field); a repeated key shares its first's.
+        let mut slots = Vec::with_capacity(keys.len());
+        for &(key, now) in keys {
+            let s = *stamp_of.entry((&key.topic, now)).or_insert_with(|| {
+                stamps.push(TouchStamp {
+                    topic: &key.topic,
+                    now,
+                    fields: Vec::new(),
+                });
+                stamps.len() - 1
+            });
+            let f = *field_of.entry((key, now)).or_insert_with(|| {
+                let fields = &mut stamps[s].fields;
+                fields.push(field(&key.member, &key.connection));
+                fields.len() - 1
+            });
+            slots.push((s, f));
         }
-        let calls = groups.into_iter().map(|((_, now), positions)| async move {
-            let mut topics = Topics::default();
-            let mut pairs = Call::default();
-            for &i in &positions {
-                let key = &keys[i].0;
-                pairs
-                    .arg(topics.number(&key.topic))
-                    .bytes(field(&key.member, &key.connection));
-            }
-            let mut call = Call::default();
-            call.arg(now);
-            topics.add_to(&self.keys, &mut call);
-            call.args.append(&mut pairs.args);
-            let answer = self.run("touch", &SCRIPTS.touch, call).await;
-            (positions, answer)
+        let mut groups: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (s, stamp) in stamps.iter().enumerate() {
+            groups.entry(self.group(stamp.topic)).or_default().push(s);
+        }
+        let stamps = &stamps;
+        let calls = groups.into_values().map(|group| async move {
+            let answer = self.touch_stamps(stamps, &group).await;
+            (group, answer)
         });
-        let mut results: Vec<Result<bool>> = (0..keys.len()).map(|_| Ok(false)).collect();
-        for (positions, answer) in join_all(calls).await {
-            match answer.map(wire::array) {
-                Ok(flags) if flags.len() == positions.len() => {
-                    for (i, flag) in positions.into_iter().zip(flags) {
-                        results[i] = Ok(wire::int(&flag) == Some(1));
-                    }
-                }
-                Ok(_) => {
-                    let error = Error::backend(BACKEND, Malformed("touch")).share();
-                    for i in positions {
-                        results[i] = Err(error.error());
+        let mut present: Vec<std::result::Result<Vec<bool>, SharedError>> =
+            stamps.iter().map(|_| Ok(Vec::new())).collect();
+        for (group, answer) in join_all(calls).await {
+            match answer {
+                Ok(flags) => {
+                    for (s, flags) in group.into_iter().zip(flags) {
+                        present[s] = Ok(flags);
                     }
                 }
                 Err(error) => {
                     let error = error.share();
-                    for i in positions {
-                        results[i] = Err(error.error());
+                    for s in group {
+                        present[s] = Err(error.clone());
                     }
                 }
             }
         }
-        results
+        slots
+            .into_iter()
+            .map(|(s, f)| match &present[s] {
+                Ok(flags) => flags
+                    .get(f)
+                    .copied()
+                    .ok_or_else(|| Error::backend(BACKEND, Malformed("touch"))),
+                Err(error) => Err(error.error()),
+            })
+            .collect()
     }
 
-    /// Sweeps one topic, piece by piece; the raw rows.
-    async fn sweep_topic(&self, topic: &Topic, older_than: i64) -> Result<Vec<Value>> {
-        let mut rows = Vec::new();
+    /// `touch_batch` for the stamps of one shard group, in one pipeline
+    /// (and a second one for the stamps whose count fell short): per
+    /// stamp, whether each of its fields was present.
+    async fn touch_stamps(
+        &self,
+        stamps: &[TouchStamp<'_>],
+        group: &[usize],
+    ) -> Result<Vec<Vec<bool>>> {
+        let keys: Vec<String> = group
+            .iter()
+            .map(|&s| self.keys.last_seen(stamps[s].topic))
+            .collect();
+        let mut pipe = redis::pipe();
+        for (&s, key) in group.iter().zip(&keys) {
+            let stamp = &stamps[s];
+            let now = stamp.now.to_string();
+            let mut cmd = redis::cmd("ZADD");
+            cmd.arg(key.as_str()).arg("XX").arg("CH");
+            for f in &stamp.fields {
+                cmd.arg(now.as_str()).arg(f.as_slice());
+            }
+            pipe.add_command(cmd);
+        }
+        let changed = self.pipeline("touch", &pipe).await?;
+        if changed.len() != group.len() {
+            return Err(Error::backend(BACKEND, Malformed("touch")));
+        }
+        let mut present: Vec<Vec<bool>> = Vec::with_capacity(group.len());
+        let mut unsure = Vec::new();
+        for (j, (&s, count)) in group.iter().zip(&changed).enumerate() {
+            let sent = stamps[s].fields.len();
+            if wire::int(count).and_then(|n| usize::try_from(n).ok()) == Some(sent) {
+                present.push(vec![true; sent]);
+            } else {
+                present.push(Vec::new());
+                unsure.push(j);
+            }
+        }
+        if unsure.is_empty() {
+            return Ok(present);
+        }
+        let mut pipe = redis::pipe();
+        for &j in &unsure {
+            let mut cmd = redis::cmd("ZMSCORE");
+            cmd.arg(keys[j].as_str());
+            for f in &stamps[group[j]].fields {
+                cmd.arg(f.as_slice());
+            }
+            pipe.add_command(cmd);
+        }
+        let scores = self.pipeline("touch", &pipe).await?;
+        if scores.len() != unsure.len() {
+            return Err(Error::backend(BACKEND, Malformed("touch")));
+        }
+        for (j, scores) in unsure.into_iter().zip(scores) {
+            let scores = wire::array(scores);
+            if scores.len() != stamps[group[j]].fields.len() {
+                return Err(Error::backend(BACKEND, Malformed("touch")));
+            }
+            present[j] = scores.iter().map(|v| !matches!(v, Value::Nil)).collect();
+        }
+        Ok(present)
+    }
+
+    /// Sweeps one topic, piece by piece: the departures with their
+    /// entries' tokens, not yet ordered, the member indexes not yet changed
+    /// (see `finish_removal`); with the error that stopped it, if one did
+    /// (the pieces before it stay swept).
+    async fn sweep_topic(
+        &self,
+        topic: &Topic,
+        older_than: i64,
+    ) -> (Vec<(Departure, u64)>, Result<()>) {
+        let mut departures = Vec::new();
         loop {
             let mut call = Call::default();
             call.keys.extend(self.keys.topic(topic));
@@ -577,20 +726,20 @@ impl Db {
                 .arg(topic)
                 .arg(older_than)
                 .arg(self.config.sweep_piece);
-            // One server: the script updates the member indexes itself.
-            if self.cluster {
-                call.arg("");
-            } else {
-                call.arg(&self.config.key_prefix);
-            }
-            let mut answer = wire::array(self.run("sweep", &SCRIPTS.sweep, call).await?);
-            if answer.is_empty() {
-                return Err(Error::backend(BACKEND, Malformed("sweep")));
-            }
-            let more = wire::int(&answer.remove(0)) == Some(1);
-            rows.append(&mut answer);
+            let answer = match self.run("sweep", &SCRIPTS.sweep, call).await {
+                Ok(answer) => wire::array(answer),
+                Err(error) => return (departures, Err(error)),
+            };
+            let piece = answer.split_first().and_then(|(more, answer)| {
+                let removed = wire::removal_answer(answer, std::slice::from_ref(topic))?;
+                Some((wire::int(more) == Some(1), removed))
+            });
+            let Some((more, removed)) = piece else {
+                return (departures, Err(Error::backend(BACKEND, Malformed("sweep"))));
+            };
+            departures.extend(removed);
             if !more {
-                return Ok(rows);
+                return (departures, Ok(()));
             }
         }
     }
@@ -790,7 +939,11 @@ impl RedisStore {
             let db = db.clone();
             Batcher::start("touch", 2, max, move |keys: Vec<(PresenceKey, i64)>| {
                 let db = db.clone();
-                async move { db.touch_batch(&keys).await }
+                async move {
+                    let keys: Vec<(&PresenceKey, i64)> =
+                        keys.iter().map(|(key, now)| (key, *now)).collect();
+                    db.touch_batch(&keys).await
+                }
             })
         };
         let leaves = {
@@ -865,25 +1018,6 @@ impl RedisStore {
         };
         self.inner.joins.call(request).await
     }
-
-    async fn removal(
-        &self,
-        rows: Result<Value>,
-        topic: &Topic,
-        reason: Reason,
-    ) -> Result<Vec<Departure>> {
-        let rows = wire::array(rows?);
-        Ok(self
-            .db()
-            .finish_removal(
-                rows,
-                std::slice::from_ref(topic),
-                reason,
-                // One server's sweeps update the member indexes in-script.
-                reason == Reason::Expired && !self.db().cluster,
-            )
-            .await)
-    }
 }
 
 impl fmt::Debug for RedisStore {
@@ -953,7 +1087,7 @@ impl PresenceStore for RedisStore {
             return Ok(Vec::new());
         }
         let now = self.db().now();
-        let stamped: Vec<(PresenceKey, i64)> = keys.iter().map(|k| (k.clone(), now)).collect();
+        let stamped: Vec<(&PresenceKey, i64)> = keys.iter().map(|k| (k, now)).collect();
         let mut absent = Vec::new();
         let mut seen = HashSet::new();
         for (key, present) in keys.iter().zip(self.db().touch_batch(&stamped).await) {
@@ -976,8 +1110,10 @@ impl PresenceStore for RedisStore {
         let mut call = Call::default();
         call.keys.extend(db.keys.topic(topic));
         call.arg(db.publish).arg(topic).arg(member);
-        let rows = db.run("leave_member", &SCRIPTS.leave_member, call).await;
-        self.removal(rows, topic, Reason::Left).await
+        let answer = wire::array(db.run("leave_member", &SCRIPTS.leave_member, call).await?);
+        let removed = wire::removal_answer(&answer, std::slice::from_ref(topic))
+            .ok_or_else(|| Error::backend(BACKEND, Malformed("leave_member")))?;
+        Ok(db.finish_removal(removed).await)
     }
 
     async fn disconnect(
@@ -1069,9 +1205,10 @@ impl PresenceStore for RedisStore {
 
     async fn sweep(&self, topic: &Topic, older_than: Timestamp) -> Result<Vec<Departure>> {
         let _call = self.enter().await?;
-        let rows = self.db().sweep_topic(topic, older_than.as_millis()).await;
-        let rows = rows.map(Value::Array);
-        self.removal(rows, topic, Reason::Expired).await
+        let db = self.db();
+        let (removed, swept) = db.sweep_topic(topic, older_than.as_millis()).await;
+        let departures = db.finish_removal(removed).await;
+        swept.map(|()| departures)
     }
 
     async fn sweep_all(&self, older_than: Timestamp) -> Result<Vec<Departure>> {
@@ -1081,33 +1218,28 @@ impl PresenceStore for RedisStore {
         let older = older_than.as_millis();
         let topics = db.due_topics(older).await?;
         let visited = topics.len();
-        let mut sweeps = futures::stream::iter(topics.into_iter().map(|topic| async move {
-            let rows = db.sweep_topic(&topic, older).await;
-            (topic, rows)
-        }))
+        let mut sweeps = futures::stream::iter(
+            topics
+                .into_iter()
+                .map(|topic| async move { db.sweep_topic(&topic, older).await }),
+        )
         .buffer_unordered(SWEEP_CONCURRENCY);
-        let mut departures = Vec::new();
+        let mut removed = Vec::new();
         let mut failure = None;
-        while let Some((topic, rows)) = sweeps.next().await {
-            match rows {
-                Ok(rows) => departures.extend(
-                    db.finish_removal(
-                        rows,
-                        std::slice::from_ref(&topic),
-                        Reason::Expired,
-                        !db.cluster,
-                    )
-                    .await,
-                ),
-                Err(error) => failure = Some(error),
+        while let Some((swept, done)) = sweeps.next().await {
+            removed.extend(swept);
+            if let Err(error) = done {
+                failure = Some(error);
             }
         }
+        // The second step once for the whole call: index elements grouped
+        // per member, whatever topics they name.
+        let departures = db.finish_removal(removed).await;
         if let Some(error) = failure {
             // What was swept stays swept (and was published); the caller
             // learns the sweep is incomplete and sweeps again.
             return Err(error);
         }
-        departures.sort_by(|a, b| a.entry.key.cmp(&b.entry.key));
         metrics::sweep(BACKEND, started.elapsed());
         tracing::debug!(
             topics = visited,

@@ -2,10 +2,20 @@
 //! of entries and departures.
 //!
 //! An event message is the records of one script call for one topic, in
-//! commit order. A record is a kind byte (`J` join, `U` update, `L` left,
-//! `E` expired, `D` disconnected), a flag byte (`1`: first for member on a
-//! join, last for member on a removal), then five fields, each
-//! `<length>:<bytes>`: member, connection, joined_at, last_seen_at, meta.
+//! commit order. A record is a kind byte (`J` join, `U` update), a flag
+//! byte (`1`: first for member), then five fields, each `<length>:<bytes>`:
+//! member, connection, joined_at, last_seen_at, meta. (Older stores also
+//! sent removals as such records: kinds `L` left, `E` expired, `D`
+//! disconnected, flag `1` when the member has nothing left.)
+//!
+//! A removal script sends its departures of a topic as one removal
+//! message instead, built without parsing anything: `R`, the kind byte
+//! (`L`, `E`, `D`), `A` (every member has nothing left) or `S` (some), the
+//! number of departures, then NUL-separated: per departure its stored
+//! field (`member\0connection`), stored value (`joined_at:token:meta`) and
+//! last_seen_at, and after an `S` the members left with nothing. Ids and
+//! stored values hold no NUL. The departures come in no particular order;
+//! the reader puts them in the contract's order (see [`order_departures`]).
 //! A message starting with `S` is a sync marker of some store (see
 //! `events`), not an event.
 
@@ -85,19 +95,150 @@ fn next_field<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
 
 /// The events of one message of `topic`'s channel, in order. A record this
 /// code cannot read ends the message with `Resync`: what followed is lost.
+///
+/// A message of departures (one removal script's, for one topic) comes in
+/// no particular order, each record flagged when its member has nothing
+/// left: its events are put in the contract's order, the flag kept on each
+/// member's last departure only (see [`order_departures`]).
 pub(crate) fn decode_events(topic: &Topic, mut message: &[u8]) -> Vec<Event> {
     let mut events = Vec::new();
     if message.first() == Some(&b'S') {
         return events;
     }
+    if message.first() == Some(&b'R') {
+        let Some(mut departures) = removal_message(topic, message) else {
+            return vec![Event::Resync];
+        };
+        order_departures(&mut departures);
+        return departures
+            .into_iter()
+            .map(|(departure, _)| Event::Leave { departure })
+            .collect();
+    }
+    let mut lost = false;
     while !message.is_empty() {
         let Some(event) = decode_record(topic, &mut message) else {
-            events.push(Event::Resync);
+            lost = true;
             break;
         };
         events.extend(event);
     }
+    if events.len() > 1
+        && events
+            .iter()
+            .all(|event| matches!(event, Event::Leave { .. }))
+    {
+        let mut departures: Vec<(Departure, u64)> = events
+            .into_iter()
+            .filter_map(|event| match event {
+                Event::Leave { departure } => Some((departure, 0)),
+                _ => None,
+            })
+            .collect();
+        order_departures(&mut departures);
+        events = departures
+            .into_iter()
+            .map(|(departure, _)| Event::Leave { departure })
+            .collect();
+    }
+    if lost {
+        events.push(Event::Resync);
+    }
     events
+}
+
+/// Puts departures (with their tokens) in the contract's order: by topic,
+/// member, connection. Of one member's departures in one topic, only the
+/// last keeps `last_for_member`, set when any of them had it (a removal
+/// message marks every departure of a member left with nothing).
+pub(crate) fn order_departures(departures: &mut [(Departure, u64)]) {
+    departures.sort_by(|(a, _), (b, _)| a.entry.key.cmp(&b.entry.key));
+    let mut start = 0;
+    while start < departures.len() {
+        let key = &departures[start].0.entry.key;
+        let end = start
+            + departures[start..]
+                .iter()
+                .position(|(d, _)| {
+                    d.entry.key.topic != key.topic || d.entry.key.member != key.member
+                })
+                .unwrap_or(departures.len() - start);
+        let last = departures[start..end]
+            .iter()
+            .any(|(d, _)| d.last_for_member);
+        for (d, _) in &mut departures[start..end] {
+            d.last_for_member = false;
+        }
+        departures[end - 1].0.last_for_member = last;
+        start = end;
+    }
+}
+
+/// The departures of a removal message (see the module docs) with their
+/// entries' tokens, not yet in the contract's order (see
+/// [`order_departures`]); a departure of an invalid entry is skipped (it
+/// was removed silently). `None` for a message this code cannot read.
+pub(crate) fn removal_message(topic: &Topic, message: &[u8]) -> Option<Vec<(Departure, u64)>> {
+    let [b'R', kind, scope, rest @ ..] = message else {
+        return None;
+    };
+    let reason = match kind {
+        b'L' => Reason::Left,
+        b'E' => Reason::Expired,
+        b'D' => Reason::Disconnected,
+        _ => return None,
+    };
+    let mut parts = rest.split(|b| *b == 0);
+    let count: usize = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let mut rows = Vec::with_capacity(count.min(100_000));
+    for _ in 0..count {
+        let member = parts.next()?;
+        let connection = parts.next()?;
+        let value = parts.next()?;
+        let seen = parts.next()?;
+        rows.push((member, connection, value, seen));
+    }
+    let gone: Option<std::collections::HashSet<&[u8]>> = match scope {
+        b'A' => None,
+        b'S' => Some(parts.by_ref().collect()),
+        _ => return None,
+    };
+    if gone.is_none() && parts.next().is_some() {
+        return None;
+    }
+    Some(
+        rows.into_iter()
+            .filter_map(|(member, connection, value, seen)| {
+                let (joined, token, meta) = stored_value(value);
+                let entry = entry(topic, member, connection, joined, millis(seen), meta)?;
+                let last_for_member = gone.as_ref().is_none_or(|gone| gone.contains(member));
+                Some((
+                    Departure {
+                        entry,
+                        reason,
+                        last_for_member,
+                    },
+                    token,
+                ))
+            })
+            .collect(),
+    )
+}
+
+/// A removal script's answer (see `publish_removals` in `lua/lib.lua`):
+/// flat pairs of a topic number and that topic's removal message. The
+/// departures with their entries' tokens, not yet in the contract's order
+/// (see [`order_departures`]). `None` for an answer this code cannot read.
+pub(crate) fn removal_answer(values: &[Value], topics: &[Topic]) -> Option<Vec<(Departure, u64)>> {
+    let mut departures = Vec::new();
+    for pair in values.chunks(2) {
+        let [t, message] = pair else {
+            return None;
+        };
+        let t = usize::try_from(int(t)?).ok()?.checked_sub(1)?;
+        departures.extend(removal_message(topics.get(t)?, bytes(message)?)?);
+    }
+    Some(departures)
 }
 
 /// One record; `Some(None)` for a readable record of an invalid entry.
@@ -175,37 +316,6 @@ impl std::fmt::Display for Malformed {
 
 impl std::error::Error for Malformed {}
 
-/// A departure row of `remove` in `lua/lib.lua`: topic number, member,
-/// connection, joined_at, last_seen_at, meta, token, last. Returns the
-/// topic number, the departure (`None` for an invalid entry, removed
-/// silently) and the entry's token.
-pub(crate) fn departure_row(
-    row: &[Value],
-    topics: &[Topic],
-    reason: Reason,
-) -> Option<(usize, Option<Departure>, u64)> {
-    let [t, member, connection, joined, seen, meta, token, last] = row else {
-        return None;
-    };
-    let t = usize::try_from(int(t)?).ok()?.checked_sub(1)?;
-    let topic = topics.get(t)?;
-    let token = int(token)? as u64;
-    let departure = entry(
-        topic,
-        bytes(member)?,
-        bytes(connection)?,
-        millis(bytes(joined)?),
-        millis(bytes(seen)?),
-        bytes(meta)?,
-    )
-    .map(|entry| Departure {
-        entry,
-        reason,
-        last_for_member: int(last) == Some(1),
-    });
-    Some((t, departure, token))
-}
-
 /// The entries of flat triples `member\0connection`, value, last_seen_at
 /// (members.lua, member.lua).
 pub(crate) fn entry_triples(topic: &Topic, values: Vec<Value>) -> Vec<Entry> {
@@ -253,6 +363,68 @@ mod tests {
         // An entry with invalid ids is skipped, the rest still read.
         let message = b"E10:0:1:51:62:{}E15:alice3:tab1:51:62:{}";
         assert_eq!(decode_events(&topic, message).len(), 1);
+    }
+
+    #[test]
+    fn removal_messages_are_ordered_and_only_the_last_keeps_the_flag() {
+        let topic = Topic::new("room").unwrap();
+        // As a removal script sends them: unordered; alice is gone, bob
+        // keeps a connection elsewhere, carol is gone.
+        let message = b"RES4\x00bob\x00t2\x005:14:{}\x006\x00alice\x00t2\x005:13:{}\x006\x00bob\x00t1\x005:12:{}\x006\x00alice\x00t1\x005:11:{\"a\":1}\x007\x00alice";
+        let events = decode_events(&topic, message);
+        let seen: Vec<(&str, &str, bool)> = events
+            .iter()
+            .map(|event| match event {
+                Event::Leave { departure } => {
+                    assert_eq!(departure.reason, Reason::Expired);
+                    (
+                        departure.entry.key.member.as_str(),
+                        departure.entry.key.connection.as_str(),
+                        departure.last_for_member,
+                    )
+                }
+                other => panic!("not a departure: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("alice", "t1", false),
+                ("alice", "t2", true),
+                ("bob", "t1", false),
+                ("bob", "t2", false),
+            ]
+        );
+        let Event::Leave { departure } = &events[0] else {
+            unreachable!()
+        };
+        assert_eq!(departure.entry.joined_at.as_millis(), 5);
+        assert_eq!(departure.entry.last_seen_at.as_millis(), 7);
+        // The script's answer carries the same message; tokens come from
+        // the stored values.
+        let answer = [Value::Int(1), Value::BulkString(message.to_vec())];
+        let mut removed = removal_answer(&answer, std::slice::from_ref(&topic)).unwrap();
+        order_departures(&mut removed);
+        let tokens: Vec<u64> = removed.iter().map(|(_, token)| *token).collect();
+        assert_eq!(tokens, [11, 13, 12, 14]);
+        // "A": every member is gone; each member's last keeps the flag.
+        let all = b"RLA2\x00bob\x00t1\x005:12:{}\x006\x00bob\x00t2\x005:14:{}\x006";
+        let flags: Vec<bool> = removal_message(&topic, all)
+            .map(|mut removed| {
+                order_departures(&mut removed);
+                removed.iter().map(|(d, _)| d.last_for_member).collect()
+            })
+            .unwrap();
+        assert_eq!(flags, [false, true]);
+        // A departure short, or an unknown kind, is not a removal message.
+        assert_eq!(
+            decode_events(&topic, b"RLA2\x00bob\x00t1\x005:12:{}\x006"),
+            [Event::Resync]
+        );
+        assert!(removal_message(&topic, b"RJA1\x00bob\x00t1\x005:12:{}\x006").is_none());
+        // An invalid entry (empty ids) is skipped, the rest still read.
+        let planted = b"REA2\x00\x00\x005:1:{}\x006\x00bob\x00t1\x005:12:{}\x006";
+        assert_eq!(removal_message(&topic, planted).unwrap().len(), 1);
     }
 
     #[test]
