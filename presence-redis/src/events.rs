@@ -96,7 +96,7 @@ impl Events {
             pending: HashMap::new(),
             subscribed: HashSet::new(),
             disconnected: false,
-            nonce: crate::store::random_token(),
+            nonce: crate::db::random_token(),
             syncs: HashSet::new(),
         };
         let task = tokio::spawn(listener.run(receiver, pushes));

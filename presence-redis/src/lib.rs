@@ -4,6 +4,7 @@
 mod batch;
 mod config;
 mod conn;
+mod db;
 mod events;
 mod keys;
 mod scripts;

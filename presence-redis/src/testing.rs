@@ -388,7 +388,7 @@ pub mod damage {
     /// JSON, keeping its times.
     pub async fn corrupt_meta(store: &RedisStore, key: &PresenceKey) {
         let keys = store.raw_keys().topic(&key.topic);
-        let field = crate::store::field(&key.member, &key.connection);
+        let field = crate::db::field(&key.member, &key.connection);
         let mut get = redis::cmd("HGET");
         get.arg(&keys[0]).arg(&field);
         let Value::BulkString(old) = run(store, get).await else {
