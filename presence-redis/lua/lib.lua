@@ -86,6 +86,15 @@ local function drop_if_empty(t, topic)
   end
 end
 
+-- The 1,000 elements of `list` from `from` on (`unpack` takes only so many
+-- arguments): the list itself when it is that short.
+local function piece_of(list, from)
+  if from == 1 and #list <= 1000 then
+    return list
+  end
+  return { unpack(list, from, math.min(from + 999, #list)) }
+end
+
 -- Removes `fields` from topic t (once per topic per call) and records
 -- its departures as the topic's one event message, a removal message (see
 -- wire.rs): "R", the kind byte, "A" (every member gone) or "S" (some), the
@@ -122,10 +131,7 @@ local function remove(t, fields, kind, options)
   local flat, n = {}, 0
   local removed_of, order = {}, {}
   for from = 1, #unique, 1000 do
-    local piece = unique
-    if from > 1 or #unique > 1000 then
-      piece = { unpack(unique, from, math.min(from + 999, #unique)) }
-    end
+    local piece = piece_of(unique, from)
     local values = redis.call('HMGET', e, unpack(piece))
     local scores
     if options.scores then
@@ -170,10 +176,7 @@ local function remove(t, fields, kind, options)
     -- counts, drop those left with nothing, write the others.
     local gone, kept = {}, {}
     for from = 1, #order, 1000 do
-      local piece = order
-      if from > 1 or #order > 1000 then
-        piece = { unpack(order, from, math.min(from + 999, #order)) }
-      end
+      local piece = piece_of(order, from)
       local counts = redis.call('HMGET', m, unpack(piece))
       for j, member in ipairs(piece) do
         local left = tonumber(counts[j] or 0) - removed_of[member]
