@@ -684,6 +684,13 @@ mod tests {
 
     #[test]
     fn secrets_are_never_printed() {
+        // Without the Postgres backend a key=value string cannot be read,
+        // so it is masked whole.
+        let key_value = if cfg!(feature = "postgres") {
+            "host=db password=*** sslpassword=***"
+        } else {
+            "***"
+        };
         for (url, redacted) in [
             (
                 "postgres://app:s3cret@db:5432/main?schema=p",
@@ -694,10 +701,7 @@ mod tests {
                 "postgres://app@db/main?password=s3cret&sslmode=require",
                 "postgres://app@db/main?password=***&sslmode=require",
             ),
-            (
-                "host=db password=s3cret sslpassword='x y'",
-                "host=db password=*** sslpassword=***",
-            ),
+            ("host=db password=s3cret sslpassword='x y'", key_value),
             ("sqlite://presence.db", "sqlite://presence.db"),
             ("sqlite::memory:", "sqlite::memory:"),
         ] {
