@@ -18,7 +18,8 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     /// The store: memory://, sqlite://PATH, sqlite::memory:,
     /// postgres://USER@HOST/DB[?schema=NAME], a key=value Postgres string,
-    /// redis://HOST[:PORT][/DB], rediss://... or redis+cluster://H1,H2/
+    /// redis://HOST:PORT/DB (port and database optional), rediss://... or
+    /// redis+cluster://H1,H2/
     /// (parameters: see the README). Never printed with its password.
     #[arg(
         long,
