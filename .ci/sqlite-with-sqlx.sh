@@ -32,7 +32,7 @@ tokio = { version = "1", features = ["macros", "rt-multi-thread"] }
 [workspace]
 TOML
 cat > "$app/src/main.rs" <<'RUST'
-use presence::{Meta, PresenceKey, PresenceStore, Topic};
+use presence::{Meta, PresenceKey, Topic};
 
 #[tokio::main]
 async fn main() {
