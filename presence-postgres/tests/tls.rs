@@ -185,10 +185,10 @@ async fn tls_is_verified_as_sslmode_says() {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let mut config = PostgresConfig::from_url(&format!(
+    let own = format!(
         "host=db.internal hostaddr=127.0.0.1 port={port} user=presence dbname=postgres sslmode=require"
-    ))
-    .unwrap();
+    );
+    let mut config = PostgresConfig::from_url(&own).unwrap();
     config.schema = testing::unique_schema("own_tls");
     let store = PostgresStore::connect_with_tls(
         config,
@@ -202,11 +202,7 @@ async fn tls_is_verified_as_sslmode_says() {
 
     // The app's own TLS pool: the listener uses the connector handed in
     // (it used to connect in plaintext, and the open waited 30 s).
-    let pg: presence_postgres::tokio_postgres::Config = format!(
-        "host=db.internal hostaddr=127.0.0.1 port={port} user=presence dbname=postgres sslmode=require"
-    )
-    .parse()
-    .unwrap();
+    let pg: presence_postgres::tokio_postgres::Config = own.parse().unwrap();
     let tls = presence_postgres::tokio_postgres_rustls::MakeRustlsConnect::new(client);
     let manager = deadpool_postgres::Manager::from_config(
         pg.clone(),
