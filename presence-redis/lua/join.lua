@@ -1,11 +1,11 @@
 -- join.lua: joins (or re-joins) entries, in the order given, atomically.
--- KEYS: six per topic (see lib.lua).
+-- KEYS: four per topic (see lib.lua).
 -- ARGV[1]: the publish command (PUBLISH, or SPUBLISH on a cluster)
 -- ARGV[2]: n, the number of topics; ARGV[3 .. 2+n]: their names
 -- then eight per join: topic number t, member, connection, meta (JSON),
 --   now (ms), token (for a new entry), max_members (-1: no limit), and u:
 --   0, or the number of the member's index among the keys after the
---   topics' (KEYS[6n + u]); the script then writes it too (one server:
+--   topics' (KEYS[4n + u]); the script then writes it too (one server:
 --   no second step)
 -- Returns per join {outcome, joined_at, first_for_member (0/1), token}, the
 -- outcome being "joined", "rejoined" or "full"; the token is the entry's.
@@ -18,46 +18,57 @@ while a <= #ARGV do
     tonumber(ARGV[a + 7])
   a = a + 8
   local topic = ARGV[2 + t]
-  local e, s, c, m = group(t)
+  local e, s = group(t)
   local f = member .. '\0' .. connection
-  local value = now .. ':' .. token .. ':' .. meta
-  local old = false
+  local record = now .. ':' .. token .. ':' .. meta
+  -- The member's value, or false for a new member (whose value the
+  -- unlimited join has already written).
+  local old
   if max >= 0 then
-    old = redis.call('HGET', e, f)
-  elseif redis.call('HSETNX', e, f, value) == 0 then
-    old = redis.call('HGET', e, f)
+    old = redis.call('HGET', e, member)
+  elseif redis.call('HSETNX', e, member, connection .. '\0' .. record) == 1 then
+    old = false
+  else
+    old = redis.call('HGET', e, member)
   end
-  if old then
-    local joined, kept, old_meta = parse(old)
-    redis.call('HSET', e, f, joined .. ':' .. kept .. ':' .. meta)
+  local list = old and records(old)
+  local k = list and position(list, connection)
+  if k then
+    -- A re-join: joined_at and token kept, meta replaced.
+    local joined, kept, old_meta = parse(list[k + 1] or '')
+    if old_meta ~= meta then
+      list[k + 1] = joined .. ':' .. kept .. ':' .. meta
+      redis.call('HSET', e, member, table.concat(list, '\0'))
+      emit(t, 'U', 0, member, connection, joined, now, meta)
+    end
     local before_seen = redis.call('ZSCORE', s, f)
     redis.call('ZADD', s, now, f)
     if not before_seen or tonumber(now) < tonumber(before_seen) then
       lower_bound(t, topic, now)
     end
-    if old_meta ~= meta then
-      emit(t, 'U', 0, member, connection, joined, now, meta)
-    end
     if u > 0 then
-      redis.call('ZADD', KEYS[6 * n + u], kept, connection .. '\0' .. topic)
+      redis.call('ZADD', KEYS[4 * n + u], kept, connection .. '\0' .. topic)
     end
     out[#out + 1] = { 'rejoined', joined, 0, kept }
-  elseif max >= 0 and not redis.call('HGET', m, member) and redis.call('HLEN', m) >= max then
+  elseif max >= 0 and not old and redis.call('HLEN', e) >= max then
     out[#out + 1] = { 'full', '0', 0, '0' }
   else
-    if max >= 0 then
-      redis.call('HSET', e, f, value)
+    local first = 1
+    if old then
+      -- Another connection of a present member.
+      first = 0
+      redis.call('HSET', e, member, old .. '\0' .. connection .. '\0' .. record)
+    elseif max >= 0 then
+      redis.call('HSET', e, member, connection .. '\0' .. record)
     end
     redis.call('ZADD', s, now, f)
-    redis.call('ZADD', c, 0, f)
-    local first = redis.call('HINCRBY', m, member, 1) == 1 and 1 or 0
     -- The topic's first entry puts it in the bucket index. (Later entries
     -- are no older, unless the clock went backwards: see sweep.lua.)
     if redis.call('ZCARD', s) == 1 then
       lower_bound(t, topic, now)
     end
     if u > 0 then
-      redis.call('ZADD', KEYS[6 * n + u], token, connection .. '\0' .. topic)
+      redis.call('ZADD', KEYS[4 * n + u], token, connection .. '\0' .. topic)
     end
     emit(t, 'J', first, member, connection, now, now, meta)
     out[#out + 1] = { 'joined', now, first, token }

@@ -1,6 +1,6 @@
 -- leave.lua: removes the given connections (a leave batch, or one step of
 -- a disconnect), atomically.
--- KEYS: six per topic (see lib.lua).
+-- KEYS: four per topic (see lib.lua).
 -- ARGV[1]: publish command; ARGV[2]: reason ("L" left, "D" disconnected);
 -- ARGV[3]: n topics; ARGV[4 .. 3+n]: their names;
 --   then pairs: topic number t, member\0connection

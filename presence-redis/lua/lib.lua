@@ -1,27 +1,30 @@
 -- lib.lua: helpers every writing script starts with (prepended by the store).
 --
--- A topic's keys come in groups of six, at KEYS[6*(t-1)+1 .. 6*t] for the
+-- A topic's keys come in groups of four, at KEYS[4*(t-1)+1 .. 4*t] for the
 -- t-th topic of a call, all under the topic's bucket hash tag:
---   e  hash   member\0connection -> "joined_at:token:meta"
---   s  zset   member\0connection scored by last_seen_at (ms)
---   c  zset   member\0connection, all scored 0: byte order (ZRANGE BYLEX)
---   m  hash   member -> its number of connections in the topic
+--   e  hash   member -> its connections in the topic: NUL-separated pairs
+--             of connection and "joined_at:token:meta" (a record); HLEN is
+--             the number of members
+--   s  zset   member\0connection scored by last_seen_at (ms); ZCARD is the
+--             number of connections
 --   v         the topic's pub/sub channel
 --   i  zset   the bucket's topics scored by a lower bound of their oldest
 --             last_seen_at (the index sweep_all reads)
--- Timestamps and tokens travel as decimal strings and are stored as given.
+-- Ids, meta and records hold no NUL. Timestamps and tokens travel as
+-- decimal strings and are stored as given.
 
 local function group(t)
-  local k = 6 * (t - 1)
-  return KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], KEYS[k + 6]
+  local k = 4 * (t - 1)
+  return KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
 end
 
--- "joined_at:token:meta"; a value damaged behind the store's back reads as
--- joined 0, token 0, its whole text as meta (which the client reads as {}).
-local function parse(value)
-  local joined, token, meta = string.match(value, '^(%-?%d+):(%d+):(.*)$')
+-- "joined_at:token:meta"; a record damaged behind the store's back reads
+-- as joined 0, token 0, its whole text as meta (which the client reads as
+-- {}).
+local function parse(record)
+  local joined, token, meta = string.match(record, '^(%-?%d+):(%d+):(.*)$')
   if not joined then
-    return '0', '0', value
+    return '0', '0', record
   end
   return joined, token, meta
 end
@@ -32,6 +35,31 @@ local function split(field)
     return field, ''
   end
   return string.sub(field, 1, cut - 1), string.sub(field, cut + 1)
+end
+
+-- A member's value as a list {connection, record, connection, record, ...}
+-- (a damaged value may end with a connection without its record).
+local function records(value)
+  local list, from = {}, 1
+  while true do
+    local cut = string.find(value, '\0', from, true)
+    if not cut then
+      list[#list + 1] = string.sub(value, from)
+      return list
+    end
+    list[#list + 1] = string.sub(value, from, cut - 1)
+    from = cut + 1
+  end
+end
+
+-- The position of `connection` in a records list (odd), or nil.
+local function position(list, connection)
+  for k = 1, #list, 2 do
+    if list[k] == connection then
+      return k
+    end
+  end
+  return nil
 end
 
 -- Events, one message per topic per call: records "<kind><flag>" followed
@@ -64,7 +92,7 @@ end
 local function publish(command)
   local messages = {}
   for t, list in pairs(events) do
-    local _, _, _, _, v = group(t)
+    local _, _, v = group(t)
     messages[t] = table.concat(list)
     redis.call(command, v, messages[t])
   end
@@ -74,13 +102,13 @@ end
 -- The index of a topic whose entry was stamped `seen`: its score stays a
 -- lower bound of the topic's oldest last_seen_at.
 local function lower_bound(t, topic, seen)
-  local _, _, _, _, _, i = group(t)
+  local _, _, _, i = group(t)
   redis.call('ZADD', i, 'LT', seen, topic)
 end
 
 -- After removals: an empty topic leaves the index.
 local function drop_if_empty(t, topic)
-  local _, s, _, _, _, i = group(t)
+  local _, s, _, i = group(t)
   if redis.call('ZCARD', s) == 0 then
     redis.call('ZREM', i, topic)
   end
@@ -95,105 +123,108 @@ local function piece_of(list, from)
   return { unpack(list, from, math.min(from + 999, #list)) }
 end
 
--- Removes `fields` from topic t (once per topic per call) and records
--- its departures as the topic's one event message, a removal message (see
--- wire.rs): "R", the kind byte, "A" (every member gone) or "S" (some), the
--- number of departures, then NUL-separated: per departure its field
--- (member\0connection), stored value and last_seen_at, and with "S" the
--- members left with nothing in the topic. Ids and stored values hold no
--- NUL, so the script builds the message with one table.concat: no per
--- departure parsing, formatting or sorting (the reader puts departures in
--- the contract's order and sets last_for_member).
--- `options` (all optional):
---   present  the fields are all present, without repeats (else repeats and
---            absent fields are skipped)
---   scores   the fields' last_seen_at, aligned with them (else read)
-local function remove(t, fields, kind, options)
-  options = options or {}
-  local e, s, c, m = group(t)
-  local unique = fields
-  if not options.present then
-    local seen_field = {}
-    unique = {}
-    for _, f in ipairs(fields) do
-      if not seen_field[f] then
-        seen_field[f] = true
-        unique[#unique + 1] = f
+-- Removes `fields` (member\0connection) from topic t (once per topic per
+-- call) and records its departures as the topic's one event message, a
+-- removal message (see wire.rs): "R", the kind byte, "A" (every member
+-- gone) or "S" (some), the number of departures, then NUL-separated: per
+-- departure its field, record and last_seen_at, and with "S" the members
+-- left with nothing. The departures come in no particular order (the
+-- reader puts them in the contract's order and sets last_for_member).
+-- Absent fields and repeats are skipped. `scores` (optional) are the
+-- fields' last_seen_at, aligned with them (else read).
+local function remove(t, fields, kind, scores)
+  local e, s = group(t)
+  -- The fields by member, members in order of first appearance.
+  local wanted, order, unique, unique_scores = {}, {}, {}, {}
+  for j, f in ipairs(fields) do
+    local member, connection = split(f)
+    local of = wanted[member]
+    if not of then
+      of = {}
+      wanted[member] = of
+      order[#order + 1] = member
+    end
+    if not of[connection] then
+      of[connection] = f
+      unique[#unique + 1] = f
+      if scores then
+        unique_scores[f] = scores[j]
       end
     end
   end
   if #unique == 0 then
     return
   end
-  -- Every entry of the topic goes: its four keys are unlinked (freed off
-  -- the server's main thread), every member is gone.
-  local whole = options.present and #unique == redis.call('ZCARD', s)
-  local flat, n = {}, 0
-  local removed_of, order = {}, {}
-  for from = 1, #unique, 1000 do
-    local piece = piece_of(unique, from)
-    local values = redis.call('HMGET', e, unpack(piece))
-    local scores
-    if options.scores then
-      scores = { unpack(options.scores, from, math.min(from + 999, #unique)) }
-    else
-      scores = redis.call('ZMSCORE', s, unpack(piece))
-    end
-    local gone = {}
-    for j, f in ipairs(piece) do
-      local value = values[j]
-      if value then
-        local cut = string.find(f, '\0', 1, true)
-        if cut then
-          local k = #flat
-          flat[k + 1], flat[k + 2], flat[k + 3] = f, value, scores[j] or '0'
-          n = n + 1
-        end
-        if not whole then
-          gone[#gone + 1] = f
-          local member = cut and string.sub(f, 1, cut - 1) or f
-          local removed = removed_of[member]
-          if not removed then
-            order[#order + 1] = member
-            removed = 0
-          end
-          removed_of[member] = removed + 1
-        end
+  if not scores then
+    for from = 1, #unique, 1000 do
+      local piece = piece_of(unique, from)
+      local found = redis.call('ZMSCORE', s, unpack(piece))
+      for j, f in ipairs(piece) do
+        unique_scores[f] = found[j]
       end
-    end
-    if #gone > 0 then
-      redis.call('HDEL', e, unpack(gone))
-      redis.call('ZREM', s, unpack(gone))
-      redis.call('ZREM', c, unpack(gone))
     end
   end
-  local scope = 'A'
-  if whole then
-    redis.call('UNLINK', e, s, c, m)
-  else
-    scope = 'S'
-    -- Three commands for all the members, however many: read their
-    -- counts, drop those left with nothing, write the others.
-    local gone, kept = {}, {}
-    for from = 1, #order, 1000 do
-      local piece = piece_of(order, from)
-      local counts = redis.call('HMGET', m, unpack(piece))
-      for j, member in ipairs(piece) do
-        local left = tonumber(counts[j] or 0) - removed_of[member]
-        if left <= 0 then
+  local flat, n = {}, 0
+  local gone, kept = {}, {}
+  local members_left = redis.call('HLEN', e)
+  for from = 1, #order, 1000 do
+    local piece = piece_of(order, from)
+    local values = redis.call('HMGET', e, unpack(piece))
+    for j, member in ipairs(piece) do
+      local value = values[j]
+      if value then
+        local of = wanted[member]
+        local cut = string.find(value, '\0', 1, true)
+        local single = cut and not string.find(value, '\0', cut + 1, true)
+        local connection = cut and string.sub(value, 1, cut - 1)
+        if single and of[connection] then
+          -- The member's only connection goes (no parsing).
+          local k = #flat
+          flat[k + 1], flat[k + 2], flat[k + 3] = of[connection], string.sub(value, cut + 1), unique_scores[of[connection]] or '0'
+          n = n + 1
           gone[#gone + 1] = member
-          flat[#flat + 1] = member
         else
-          kept[#kept + 1] = member
-          kept[#kept + 1] = left
+          local list = records(value)
+          local left = {}
+          for k = 1, #list, 2 do
+            local f = of[list[k]]
+            if f then
+              local at = #flat
+              flat[at + 1], flat[at + 2], flat[at + 3] = f, list[k + 1] or '', unique_scores[f] or '0'
+              n = n + 1
+            else
+              left[#left + 1] = list[k]
+              left[#left + 1] = list[k + 1] or ''
+            end
+          end
+          if #left == 0 then
+            gone[#gone + 1] = member
+          elseif #left < #list then
+            kept[#kept + 1] = member
+            kept[#kept + 1] = table.concat(left, '\0')
+          end
         end
       end
     end
+  end
+  local scope = 'S'
+  if #gone == members_left then
+    -- Every member goes: the topic's keys are unlinked (freed off the
+    -- server's main thread).
+    scope = 'A'
+    redis.call('UNLINK', e, s)
+  else
+    for from = 1, #unique, 1000 do
+      redis.call('ZREM', s, unpack(piece_of(unique, from)))
+    end
     for from = 1, #gone, 1000 do
-      redis.call('HDEL', m, unpack(gone, from, math.min(from + 999, #gone)))
+      redis.call('HDEL', e, unpack(piece_of(gone, from)))
     end
     for from = 1, #kept, 2000 do
-      redis.call('HSET', m, unpack(kept, from, math.min(from + 1999, #kept)))
+      redis.call('HSET', e, unpack(kept, from, math.min(from + 1999, #kept)))
+    end
+    for _, member in ipairs(gone) do
+      flat[#flat + 1] = member
     end
   end
   if n > 0 then

@@ -1,14 +1,14 @@
 -- sweep.lua: removes a topic's entries last seen before a time, at most
 -- about `limit` per call so a mass expiry never holds the server long; a
 -- member's expired connections always go in the same call.
--- KEYS: the topic's six keys (see lib.lua).
+-- KEYS: the topic's four keys (see lib.lua).
 -- ARGV: publish command, topic, older_than (ms, exclusive), limit
 -- Returns {more (0/1), then the removal answer (see publish_removals in
 -- lib.lua)}: more is 1 when expired entries may remain. Taking the
 -- departures out of their members' indexes is the caller's second step
--- (their tokens are in their stored values).
+-- (their tokens are in their records).
 local command, topic, older, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local _, s, c, m, _, i = group(1)
+local e, s, _, i = group(1)
 local found = redis.call('ZRANGE', s, '-inf', '(' .. older, 'BYSCORE', 'LIMIT', 0, limit + 1, 'WITHSCORES')
 local due, scores = {}, {}
 for j = 1, #found, 2 do
@@ -21,35 +21,39 @@ if #due > limit then
   due[#due] = nil
   scores[#scores] = nil
   -- The piece is full: add the other expired connections of its members
-  -- (only members with connections outside the piece can have any).
-  local chosen, chosen_of, members = {}, {}, {}
+  -- (only members with more than one connection can have any).
+  local chosen, members, listed = {}, {}, {}
   for _, f in ipairs(due) do
     chosen[f] = true
     local member = split(f)
-    if not chosen_of[member] then
-      chosen_of[member] = 0
+    if not listed[member] then
+      listed[member] = true
       members[#members + 1] = member
-    end
-    chosen_of[member] = chosen_of[member] + 1
-  end
-  local counts = {}
-  for from = 1, #members, 1000 do
-    local piece = {}
-    for j = from, math.min(from + 999, #members) do
-      piece[#piece + 1] = members[j]
-    end
-    local found_counts = redis.call('HMGET', m, unpack(piece))
-    for j, member in ipairs(piece) do
-      counts[member] = tonumber(found_counts[j] or 0)
     end
   end
   local older_number = tonumber(older)
-  for _, member in ipairs(members) do
-    if counts[member] > chosen_of[member] then
-      local siblings = redis.call('ZRANGE', c, '[' .. member .. '\0', '(' .. member .. '\1', 'BYLEX')
-      local sibling_scores = redis.call('ZMSCORE', s, unpack(siblings))
-      for j, f in ipairs(siblings) do
-        if not chosen[f] and sibling_scores[j] and tonumber(sibling_scores[j]) < older_number then
+  for from = 1, #members, 1000 do
+    local piece = piece_of(members, from)
+    local values = redis.call('HMGET', e, unpack(piece))
+    local siblings = {}
+    for j, member in ipairs(piece) do
+      local value = values[j]
+      local cut = value and string.find(value, '\0', 1, true)
+      if cut and string.find(value, '\0', cut + 1, true) then
+        local list = records(value)
+        for k = 1, #list, 2 do
+          local f = member .. '\0' .. list[k]
+          if not chosen[f] then
+            siblings[#siblings + 1] = f
+          end
+        end
+      end
+    end
+    for at = 1, #siblings, 1000 do
+      local some = piece_of(siblings, at)
+      local sibling_scores = redis.call('ZMSCORE', s, unpack(some))
+      for j, f in ipairs(some) do
+        if sibling_scores[j] and tonumber(sibling_scores[j]) < older_number then
           chosen[f] = true
           due[#due + 1] = f
           scores[#scores + 1] = sibling_scores[j]
@@ -58,7 +62,7 @@ if #due > limit then
     end
   end
 end
-remove(1, due, 'E', { present = true, scores = scores })
+remove(1, due, 'E', scores)
 -- The index keeps the oldest entry left. It stays a lower bound of the
 -- topic's entries as long as the clock does not go backwards; if it does,
 -- entries stamped before the topic's index score are swept once

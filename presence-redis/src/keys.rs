@@ -61,8 +61,8 @@ pub(crate) struct Keys {
     prefix: String,
 }
 
-/// The six keys of one topic, in the order the scripts take them.
-pub(crate) type TopicKeys = [String; 6];
+/// The four keys of one topic, in the order the scripts take them.
+pub(crate) type TopicKeys = [String; 4];
 
 impl Keys {
     pub(crate) fn new(prefix: &str) -> Self {
@@ -71,16 +71,14 @@ impl Keys {
         }
     }
 
-    /// `e`, `s`, `c`, `m`, the channel `v` and the bucket index `i` of a topic
-    /// (see `lua/lib.lua`).
+    /// `e`, `s`, the channel `v` and the bucket index `i` of a topic (see
+    /// `lua/lib.lua`).
     pub(crate) fn topic(&self, topic: &Topic) -> TopicKeys {
         let b = bucket(topic);
         let p = &self.prefix;
         [
             format!("{p}{{{b}}}e:{topic}"),
             format!("{p}{{{b}}}s:{topic}"),
-            format!("{p}{{{b}}}c:{topic}"),
-            format!("{p}{{{b}}}m:{topic}"),
             self.channel(topic),
             self.index(b),
         ]
@@ -128,10 +126,10 @@ mod tests {
             let topic = Topic::new(name).unwrap();
             let all = keys.topic(&topic);
             let tag = format!("{{{}}}", bucket(name));
-            for key in &all[..5] {
+            for key in &all[..3] {
                 assert!(key.starts_with(&format!("app:{tag}")), "{key}");
             }
-            assert_eq!(keys.topic_of_channel(&all[4]), Some(name));
+            assert_eq!(keys.topic_of_channel(&all[2]), Some(name));
             assert_eq!(keys.last_seen(&topic), all[1]);
         }
         assert_eq!(keys.topic_of_channel("other:{1}v:room"), None);

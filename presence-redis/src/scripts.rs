@@ -1,4 +1,6 @@
-//! The Lua scripts, compiled in. Writing scripts start with `lua/lib.lua`.
+//! The Lua scripts, compiled in. Writing scripts start with `lua/lib.lua`;
+//! the scripts reading entries with a `no-writes` flags line and
+//! `lua/entries.lua`.
 
 use std::sync::LazyLock;
 
@@ -7,6 +9,16 @@ use redis::Script;
 macro_rules! with_lib {
     ($file:literal) => {
         concat!(include_str!("../lua/lib.lua"), include_str!($file))
+    };
+}
+
+macro_rules! reading_entries {
+    ($file:literal) => {
+        concat!(
+            "#!lua flags=no-writes\n",
+            include_str!("../lua/entries.lua"),
+            include_str!($file)
+        )
     };
 }
 
@@ -30,8 +42,8 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     leave: Script::new(with_lib!("../lua/leave.lua")),
     leave_member: Script::new(with_lib!("../lua/leave_member.lua")),
     sweep: Script::new(with_lib!("../lua/sweep.lua")),
-    members: Script::new(include_str!("../lua/members.lua")),
-    member: Script::new(include_str!("../lua/member.lua")),
+    members: Script::new(reading_entries!("../lua/members.lua")),
+    member: Script::new(reading_entries!("../lua/member.lua")),
     count: Script::new(include_str!("../lua/count.lua")),
     due: Script::new(include_str!("../lua/due.lua")),
     index: Script::new(include_str!("../lua/index.lua")),

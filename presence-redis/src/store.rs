@@ -14,14 +14,12 @@ use presence_core::{
     Clock, ConnectionId, Counts, Departure, Entry, Error, EventStream, Joined, Member, MemberId,
     Meta, PresenceKey, PresenceStore, Reason, Result, Timestamp, Topic, check_batch, metrics,
 };
-use redis::Value;
 
 use crate::batch::Batcher;
 use crate::config::{RedisConfig, redact};
 use crate::conn::{BACKEND, Conn, Target};
 use crate::db::{
-    Call, Db, IndexChange, JoinRequest, SWEEP_CONCURRENCY, element, field, load_scripts,
-    random_token,
+    Call, Db, IndexChange, JoinRequest, SWEEP_CONCURRENCY, element, load_scripts, random_token,
 };
 use crate::events::{Events, Settings};
 use crate::keys::Keys;
@@ -367,8 +365,7 @@ impl PresenceStore for RedisStore {
         let db = self.db();
         let keys = db.keys.topic(topic);
         let mut call = Call::default();
-        call.keys
-            .extend([keys[0].clone(), keys[1].clone(), keys[2].clone()]);
+        call.keys.extend([keys[0].clone(), keys[1].clone()]);
         call.arg(member);
         let triples = wire::array(db.run("member", &SCRIPTS.member, call).await?);
         Ok(Member::group(wire::entry_triples(topic, triples)).pop())
@@ -379,7 +376,7 @@ impl PresenceStore for RedisStore {
         let db = self.db();
         let keys = db.keys.topic(topic);
         let mut call = Call::default();
-        call.keys.extend([keys[3].clone(), keys[1].clone()]);
+        call.keys.extend([keys[0].clone(), keys[1].clone()]);
         let counts = wire::array(db.run("count", &SCRIPTS.count, call).await?);
         match counts.as_slice() {
             [members, connections] => Ok(Counts {
@@ -444,20 +441,21 @@ impl PresenceStore for RedisStore {
         // Check each element against its topic: the index may hold elements
         // of entries already removed (a removal's second step that failed or
         // never ran).
-        let checks = elements.iter().map(|(connection, topic, _)| {
+        let checks = elements.iter().map(|(_, topic, _)| {
             let mut cmd = redis::cmd("HGET");
-            cmd.arg(&db.keys.topic(topic)[0])
-                .arg(field(member, connection));
+            cmd.arg(&db.keys.topic(topic)[0]).arg(member.as_str());
             db.command("checking a member index", cmd)
         });
         let mut topics = Vec::new();
         let mut stale = Vec::new();
         let mut repoint = Vec::new();
         for ((connection, topic, token), value) in elements.iter().zip(join_all(checks).await) {
-            match value? {
-                Value::Nil => stale.push((member.clone(), element(connection, topic), *token)),
-                value => {
-                    let stored = wire::bytes(&value).map_or(0, |v| wire::stored_value(v).1);
+            let value = value?;
+            let record = wire::bytes(&value).and_then(|v| wire::record_of(v, connection));
+            match record {
+                None => stale.push((member.clone(), element(connection, topic), *token)),
+                Some(record) => {
+                    let stored = wire::stored_value(record).1;
                     if stored != 0 && stored != *token {
                         repoint.push(IndexChange {
                             member: member.clone(),

@@ -385,38 +385,42 @@ pub mod damage {
     }
 
     /// Overwrites the stored meta of `key` (present) with text that is not
-    /// JSON, keeping its times.
+    /// JSON, keeping its times and its member's other connections.
     pub async fn corrupt_meta(store: &RedisStore, key: &PresenceKey) {
         let keys = store.raw_keys().topic(&key.topic);
-        let field = crate::db::field(&key.member, &key.connection);
         let mut get = redis::cmd("HGET");
-        get.arg(&keys[0]).arg(&field);
+        get.arg(&keys[0]).arg(key.member.as_str());
         let Value::BulkString(old) = run(store, get).await else {
             panic!("{key} is not stored");
         };
-        let (joined, token, _) = crate::wire::stored_value(&old);
+        let mut parts: Vec<Vec<u8>> = old.split(|b| *b == 0).map(<[u8]>::to_vec).collect();
+        let at = parts
+            .iter()
+            .step_by(2)
+            .position(|c| c == key.connection.as_bytes())
+            .unwrap_or_else(|| panic!("{key} is not stored"));
+        let (joined, token, _) = crate::wire::stored_value(&parts[2 * at + 1]);
+        parts[2 * at + 1] = format!("{joined}:{token}:not json {{").into_bytes();
         let mut set = redis::cmd("HSET");
         set.arg(&keys[0])
-            .arg(&field)
-            .arg(format!("{joined}:{token}:not json {{"));
+            .arg(key.member.as_str())
+            .arg(parts.join(&0));
         run(store, set).await;
     }
 
     /// Stores an entry with empty (invalid) member and connection ids in
-    /// `topic`, as the join script would (counts and index included).
+    /// `topic`, as the join script would (index included).
     pub async fn plant_invalid_ids(store: &RedisStore, topic: &Topic, last_seen_at: Timestamp) {
         let keys = store.raw_keys().topic(topic);
         let seen = last_seen_at.as_millis();
         let mut pipe = redis::pipe();
         pipe.cmd("HSET")
             .arg(&keys[0])
-            .arg("\0")
-            .arg(format!("{seen}:1:{{}}"));
+            .arg("")
+            .arg(format!("\0{seen}:1:{{}}"));
         pipe.cmd("ZADD").arg(&keys[1]).arg(seen).arg("\0");
-        pipe.cmd("ZADD").arg(&keys[2]).arg(0).arg("\0");
-        pipe.cmd("HINCRBY").arg(&keys[3]).arg("").arg(1);
         pipe.cmd("ZADD")
-            .arg(&keys[5])
+            .arg(&keys[3])
             .arg("LT")
             .arg(seen)
             .arg(topic.as_str());

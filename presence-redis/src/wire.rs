@@ -77,6 +77,19 @@ pub(crate) fn stored_value(value: &[u8]) -> (i64, u64, &[u8]) {
     }
 }
 
+/// The record (`joined_at:token:meta`) of `connection` in a member's stored
+/// value (NUL-separated pairs of connection and record, see `lua/lib.lua`).
+pub(crate) fn record_of<'a>(value: &'a [u8], connection: &str) -> Option<&'a [u8]> {
+    let mut parts = value.split(|b| *b == 0);
+    while let Some(stored) = parts.next() {
+        let record = parts.next().unwrap_or_default();
+        if stored == connection.as_bytes() {
+            return Some(record);
+        }
+    }
+    None
+}
+
 /// Splits `member\0connection`.
 pub(crate) fn split_field(field: &[u8]) -> (&[u8], &[u8]) {
     match field.iter().position(|b| *b == 0) {
@@ -432,5 +445,17 @@ mod tests {
         assert_eq!(stored_value(b"5:77:{\"a\":1}"), (5, 77, &b"{\"a\":1}"[..]));
         assert_eq!(stored_value(b"garbage"), (0, 0, &b"garbage"[..]));
         assert_eq!(split_field(b"m\0c"), (&b"m"[..], &b"c"[..]));
+    }
+
+    #[test]
+    fn a_connection_is_found_by_position_not_by_text() {
+        // The second connection is named like the first one's record.
+        let value = b"tab\x005:1:{}\x005:1:{}\x006:2:{\"a\":1}";
+        assert_eq!(record_of(value, "tab"), Some(&b"5:1:{}"[..]));
+        assert_eq!(record_of(value, "5:1:{}"), Some(&b"6:2:{\"a\":1}"[..]));
+        assert_eq!(record_of(value, "6:2:{\"a\":1}"), None);
+        assert_eq!(record_of(value, "other"), None);
+        // A damaged value's last connection has an empty record.
+        assert_eq!(record_of(b"a\x001:1:{}\x00b", "b"), Some(&b""[..]));
     }
 }

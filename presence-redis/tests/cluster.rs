@@ -3,4 +3,7 @@
 
 mod support;
 
-conformance::suite!(support::Redis { cluster: true });
+conformance::suite!(support::Redis {
+    cluster: true,
+    sweep_piece: None,
+});

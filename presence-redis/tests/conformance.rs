@@ -3,4 +3,7 @@
 
 mod support;
 
-conformance::suite!(support::Redis { cluster: false });
+conformance::suite!(support::Redis {
+    cluster: false,
+    sweep_piece: None,
+});

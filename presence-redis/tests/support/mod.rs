@@ -11,6 +11,8 @@ use presence_redis::{RedisStore, testing};
 pub struct Redis {
     /// Whether the stores run on the cluster.
     pub cluster: bool,
+    /// The stores' `sweep_piece`, when not the default.
+    pub sweep_piece: Option<usize>,
 }
 
 struct Damaged(RedisStore);
@@ -26,8 +28,8 @@ impl Damage for Damaged {
     }
 }
 
-async fn open(cluster: bool, setup: &Setup) -> RedisStore {
-    let mut config = if cluster {
+async fn open(backend: &Redis, setup: &Setup) -> RedisStore {
+    let mut config = if backend.cluster {
         testing::cluster_config("cluster")
     } else {
         testing::store_config("conf")
@@ -35,6 +37,9 @@ async fn open(cluster: bool, setup: &Setup) -> RedisStore {
     config.max_meta_bytes = setup.max_meta_bytes;
     config.event_buffer = setup.event_buffer;
     config.clock = Arc::new(setup.clock.clone());
+    if let Some(piece) = backend.sweep_piece {
+        config.sweep_piece = piece;
+    }
     RedisStore::connect(config)
         .await
         .expect("connect to the test server or cluster")
@@ -43,14 +48,14 @@ async fn open(cluster: bool, setup: &Setup) -> RedisStore {
 #[async_trait::async_trait]
 impl Backend for Redis {
     async fn open(&self, setup: &Setup) -> Arc<dyn PresenceStore> {
-        Arc::new(open(self.cluster, setup).await)
+        Arc::new(open(self, setup).await)
     }
 
     async fn open_damaged(
         &self,
         setup: &Setup,
     ) -> Option<(Arc<dyn PresenceStore>, Box<dyn Damage>)> {
-        let store = open(self.cluster, setup).await;
+        let store = open(self, setup).await;
         Some((Arc::new(store.clone()), Box::new(Damaged(store))))
     }
 
