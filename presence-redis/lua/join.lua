@@ -1,7 +1,13 @@
 -- join.lua: joins (or re-joins) entries, in the order given, atomically.
--- KEYS: four per topic (see lib.lua).
 -- ARGV[1]: the publish command (PUBLISH, or SPUBLISH on a cluster)
 -- ARGV[2]: n, the number of topics; ARGV[3 .. 2+n]: their names
+-- ARGV[3+n]: where the topics' keys are (four per topic, see lib.lua):
+--   "K" in KEYS; "A" in ARGV, right after this one. On a cluster a call
+--   carries the joins of every bucket one node serves: only the first
+--   topic's first key is declared (it routes the call; declared keys must
+--   share a slot) and the script reads every topic's key before it writes
+--   anything, so a call sent to a node that no longer serves one of them
+--   (a stale slot map) fails whole, having changed nothing
 -- then eight per join: topic number t, member, connection, meta (JSON),
 --   now (ms), token (for a new entry), max_members (-1: no limit), and u:
 --   0, or the number of the member's index among the keys after the
@@ -11,7 +17,17 @@
 -- outcome being "joined", "rejoined" or "full"; the token is the entry's.
 local command, n = ARGV[1], tonumber(ARGV[2])
 local out = {}
-local a = 3 + n
+local a = 4 + n
+if ARGV[3 + n] == 'A' then
+  K = {}
+  for j = 1, 4 * n do
+    K[j] = ARGV[a + j - 1]
+  end
+  a = a + 4 * n
+  for t = 1, n do
+    redis.call('EXISTS', K[4 * (t - 1) + 1])
+  end
+end
 while a <= #ARGV do
   local t, member, connection, meta, now, token, max, u =
     tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], tonumber(ARGV[a + 6]),

@@ -13,9 +13,13 @@
 -- Ids, meta and records hold no NUL. Timestamps and tokens travel as
 -- decimal strings and are stored as given.
 
+-- The topics' keys: KEYS, unless the script takes them from ARGV (see
+-- join.lua, whose calls on a cluster span a node's slots).
+local K = KEYS
+
 local function group(t)
   local k = 4 * (t - 1)
-  return KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  return K[k + 1], K[k + 2], K[k + 3], K[k + 4]
 end
 
 -- "joined_at:token:meta"; a record damaged behind the store's back reads

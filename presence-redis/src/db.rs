@@ -217,52 +217,16 @@ impl Db {
         .await
     }
 
-    /// Many callers' joins: one script call per shard group, then each
-    /// entry's member index; an answer per request, in order.
+    /// Many callers' joins: one script call per server (per node on a
+    /// cluster), then each entry's member index; an answer per request, in
+    /// order.
     pub(crate) async fn join_batch(&self, requests: Vec<JoinRequest>) -> Vec<Result<Joined>> {
         let started = Instant::now();
-        let mut groups: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-        for (i, request) in requests.iter().enumerate() {
-            groups
-                .entry(self.group(&request.key.topic))
-                .or_default()
-                .push(i);
-        }
-        let calls = groups.into_values().map(|members| {
+        let groups = self.join_groups(&requests).await;
+        let calls = groups.into_iter().map(|members| {
             let requests = &requests;
             async move {
-                let mut topics = Topics::default();
-                let mut joins = Call::default();
-                // One server: the script writes the member indexes too.
-                let mut members_here: Vec<&MemberId> = Vec::new();
-                let mut member_numbers: HashMap<&MemberId, usize> = HashMap::new();
-                for &i in &members {
-                    let r = &requests[i];
-                    let u = if self.cluster {
-                        0
-                    } else {
-                        *member_numbers.entry(&r.key.member).or_insert_with(|| {
-                            members_here.push(&r.key.member);
-                            members_here.len()
-                        })
-                    };
-                    joins
-                        .arg(topics.number(&r.key.topic))
-                        .arg(&r.key.member)
-                        .arg(&r.key.connection)
-                        .arg(r.meta.to_json())
-                        .arg(r.now)
-                        .arg(r.token)
-                        .arg(r.max_members.map_or(-1, i64::from))
-                        .arg(u);
-                }
-                let mut call = Call::default();
-                call.arg(self.publish);
-                topics.add_to(&self.keys, &mut call);
-                call.keys
-                    .extend(members_here.iter().map(|m| self.keys.member(m)));
-                call.args.append(&mut joins.args);
-                let answers = self.run("join", &SCRIPTS.join, call).await;
+                let answers = self.join_rows(requests, &members).await;
                 (members, answers)
             }
         });
@@ -270,8 +234,7 @@ impl Db {
             (0..requests.len()).map(|_| None).collect();
         for (members, answers) in join_all(calls).await {
             match answers {
-                Ok(value) => {
-                    let rows = wire::array(value);
+                Ok(rows) => {
                     if rows.len() != members.len() {
                         let error = Error::backend(BACKEND, Malformed("join")).share();
                         for i in members {
@@ -354,6 +317,123 @@ impl Db {
                 Ok(joined)
             })
             .collect()
+    }
+
+    /// A join batch's requests grouped by script call: all of them on one
+    /// server; on a cluster, those of the buckets one node serves (by the
+    /// slot map, read again when older than a few seconds; one bucket per
+    /// call when it cannot be read).
+    async fn join_groups(&self, requests: &[JoinRequest]) -> Vec<Vec<usize>> {
+        if !self.cluster {
+            return vec![(0..requests.len()).collect()];
+        }
+        let nodes = match self.shards.nodes() {
+            Some(nodes) => Some(nodes),
+            None => {
+                self.node_buckets().await;
+                self.shards.nodes()
+            }
+        };
+        let mut groups: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+        for (i, request) in requests.iter().enumerate() {
+            let b = bucket(&request.key.topic);
+            let group = match nodes.as_deref().and_then(|nodes| nodes.get(b as usize)) {
+                Some(node) => u64::from(*node),
+                None => (1 << 32) + u64::from(b),
+            };
+            groups.entry(group).or_default().push(i);
+        }
+        groups.into_values().collect()
+    }
+
+    /// The join script's rows for the requests at `positions`, in order:
+    /// one call. On a cluster, a call spanning several buckets that the
+    /// node refuses (a stale slot map: it changed nothing, see join.lua)
+    /// is made again bucket by bucket.
+    async fn join_rows(&self, requests: &[JoinRequest], positions: &[usize]) -> Result<Vec<Value>> {
+        let first = bucket(&requests[positions[0]].key.topic);
+        let spread = self.cluster
+            && positions
+                .iter()
+                .any(|&i| bucket(&requests[i].key.topic) != first);
+        let call = self.join_call(requests, positions, spread);
+        match self.run("join", &SCRIPTS.join, call).await {
+            Ok(rows) => Ok(wire::array(rows)),
+            Err(error) if spread && not_local(&error) => {
+                tracing::debug!(error = %error.chain(), "a join call grouped by node was refused; joining bucket by bucket");
+                self.shards.invalidate();
+                let mut by_bucket: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+                for (at, &i) in positions.iter().enumerate() {
+                    by_bucket
+                        .entry(bucket(&requests[i].key.topic))
+                        .or_default()
+                        .push(at);
+                }
+                let calls = by_bucket.into_values().map(|ats| async move {
+                    let here: Vec<usize> = ats.iter().map(|&at| positions[at]).collect();
+                    let call = self.join_call(requests, &here, false);
+                    let rows = self.run("join", &SCRIPTS.join, call).await;
+                    (ats, rows)
+                });
+                let mut rows = vec![Value::Nil; positions.len()];
+                for (ats, answer) in join_all(calls).await {
+                    let answer = wire::array(answer?);
+                    if answer.len() != ats.len() {
+                        return Err(Error::backend(BACKEND, Malformed("join")));
+                    }
+                    for (at, row) in ats.into_iter().zip(answer) {
+                        rows[at] = row;
+                    }
+                }
+                Ok(rows)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The join script call for the requests at `positions`; `spread`: the
+    /// topics' keys travel in ARGV (a cluster node's buckets, see join.lua).
+    fn join_call(&self, requests: &[JoinRequest], positions: &[usize], spread: bool) -> Call {
+        let mut topics = Topics::default();
+        let mut joins = Call::default();
+        // One server: the script writes the member indexes too.
+        let mut members_here: Vec<&MemberId> = Vec::new();
+        let mut member_numbers: HashMap<&MemberId, usize> = HashMap::new();
+        for &i in positions {
+            let r = &requests[i];
+            let u = if self.cluster {
+                0
+            } else {
+                *member_numbers.entry(&r.key.member).or_insert_with(|| {
+                    members_here.push(&r.key.member);
+                    members_here.len()
+                })
+            };
+            joins
+                .arg(topics.number(&r.key.topic))
+                .arg(&r.key.member)
+                .arg(&r.key.connection)
+                .arg(r.meta.to_json())
+                .arg(r.now)
+                .arg(r.token)
+                .arg(r.max_members.map_or(-1, i64::from))
+                .arg(u);
+        }
+        let mut call = Call::default();
+        call.arg(self.publish);
+        topics.add_to(&self.keys, &mut call);
+        if spread {
+            let keys = std::mem::take(&mut call.keys);
+            call.arg("A");
+            call.keys.push(keys[0].clone());
+            call.args.extend(keys.into_iter().map(String::into_bytes));
+        } else {
+            call.arg("K");
+            call.keys
+                .extend(members_here.iter().map(|m| self.keys.member(m)));
+        }
+        call.args.append(&mut joins.args);
+        call
     }
 
     /// Applies index changes, one script call per member group; a result
@@ -755,19 +835,7 @@ impl Db {
         if !self.cluster {
             return read((0..BUCKETS).collect()).await;
         }
-        let groups = match self.shards.get() {
-            Some(groups) => groups,
-            None => match self
-                .command(
-                    "reading the slot map",
-                    redis::cmd("CLUSTER").arg("SLOTS").to_owned(),
-                )
-                .await
-            {
-                Ok(slots) => self.shards.learn(slots),
-                Err(_) => (0..BUCKETS).map(|b| vec![b]).collect(),
-            },
-        };
+        let groups = self.node_buckets().await;
         let mut topics = Vec::new();
         let mut reads = futures::stream::iter(groups.into_iter().map(|group| async move {
             match read(group.clone()).await {
@@ -790,6 +858,25 @@ impl Db {
             topics.extend(found?);
         }
         Ok(topics)
+    }
+
+    /// The buckets grouped by the cluster node serving them: the cached
+    /// slot map, or a fresh one (one group per bucket when it cannot be
+    /// read).
+    async fn node_buckets(&self) -> Vec<Vec<u32>> {
+        if let Some(groups) = self.shards.get() {
+            return groups;
+        }
+        let slots = self
+            .command(
+                "reading the slot map",
+                redis::cmd("CLUSTER").arg("SLOTS").to_owned(),
+            )
+            .await;
+        match slots {
+            Ok(slots) => self.shards.learn(slots),
+            Err(_) => (0..BUCKETS).map(|b| vec![b]).collect(),
+        }
     }
 
     /// The elements of a member's index: (connection, topic, token).
@@ -826,6 +913,13 @@ impl Db {
             })
             .collect())
     }
+}
+
+/// Whether a cluster node refused a script because a key it was given is
+/// not served there (a stale slot map).
+fn not_local(error: &Error) -> bool {
+    let chain = error.chain().to_string();
+    chain.contains("non local key") || chain.contains("CROSSSLOT")
 }
 
 /// Loads the scripts the server (every node of a cluster) lacks, so calls

@@ -37,7 +37,11 @@ pub(crate) struct Scripts {
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    join: Script::new(with_lib!("../lua/join.lua")),
+    join: Script::new(concat!(
+        // Its calls on a cluster reach every slot of a node (see join.lua).
+        "#!lua flags=allow-cross-slot-keys\n",
+        with_lib!("../lua/join.lua")
+    )),
     update: Script::new(with_lib!("../lua/update.lua")),
     leave: Script::new(with_lib!("../lua/leave.lua")),
     leave_member: Script::new(with_lib!("../lua/leave_member.lua")),

@@ -1,5 +1,6 @@
 //! Which cluster node serves which bucket, so `sweep_all` reads the bucket
-//! indexes of each node in one script call instead of one call per bucket.
+//! indexes of each node in one script call instead of one call per bucket,
+//! and a batch of joins is one script call per node.
 //!
 //! The map is read with `CLUSTER SLOTS` and kept for a few seconds. It is an
 //! optimization only: a call grouped by a stale map is refused by the
@@ -7,7 +8,7 @@
 //! to one call per bucket.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::Value;
@@ -18,19 +19,33 @@ use crate::wire;
 /// How long a slot map is trusted.
 const FRESH_FOR: Duration = Duration::from_secs(10);
 
+/// A slot map as read: when, the buckets grouped by node, and each
+/// bucket's group number.
+type Learned = (Instant, Vec<Vec<u32>>, Arc<Vec<u32>>);
+
 #[derive(Default)]
 pub(crate) struct ShardMap {
-    cached: Mutex<Option<(Instant, Vec<Vec<u32>>)>>,
+    cached: Mutex<Option<Learned>>,
 }
 
 impl ShardMap {
-    /// The cached grouping of buckets by node, if fresh.
-    pub(crate) fn get(&self) -> Option<Vec<Vec<u32>>> {
+    fn fresh<T>(&self, part: impl FnOnce(&Learned) -> T) -> Option<T> {
         let cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
         cached
             .as_ref()
-            .filter(|(at, _)| at.elapsed() < FRESH_FOR)
-            .map(|(_, groups)| groups.clone())
+            .filter(|(at, _, _)| at.elapsed() < FRESH_FOR)
+            .map(part)
+    }
+
+    /// The cached grouping of buckets by node, if fresh.
+    pub(crate) fn get(&self) -> Option<Vec<Vec<u32>>> {
+        self.fresh(|(_, groups, _)| groups.clone())
+    }
+
+    /// Each bucket's group number in [`get`](Self::get)'s grouping, if
+    /// fresh.
+    pub(crate) fn nodes(&self) -> Option<Arc<Vec<u32>>> {
+        self.fresh(|(_, _, nodes)| nodes.clone())
     }
 
     /// Forgets the map (a grouped call was refused).
@@ -82,8 +97,14 @@ impl ShardMap {
         }
         let mut groups: Vec<Vec<u32>> = by_node.into_values().collect();
         groups.extend(unknown);
+        let mut nodes = vec![0; BUCKETS as usize];
+        for (n, group) in groups.iter().enumerate() {
+            for b in group {
+                nodes[*b as usize] = n as u32;
+            }
+        }
         *self.cached.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((Instant::now(), groups.clone()));
+            Some((Instant::now(), groups.clone(), Arc::new(nodes)));
         groups
     }
 }
