@@ -1,5 +1,5 @@
 //! Criterion benches of the Redis store, on one server and on a three-master
-//! cluster, against a baseline written here that makes the same joins as
+//! cluster, against a baseline (`benches::redis_baseline`) that makes the same joins as
 //! plain commands, one call at a time: HSET of the entry, then ZADD of its
 //! last-seen time, each awaited before the next, no script, no pipelining:
 //! each of the 64 tasks has a connection of its own
@@ -15,13 +15,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use benches::redis_baseline::Plain;
 use benches::{bench_heartbeats_and_count, fresh_keys, join_concurrently, room_keys, runtime};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use presence_core::{ManualClock, PresenceKey, PresenceStore, Timestamp};
-use presence_redis::redis::aio::ConnectionLike;
-use presence_redis::{RedisConfig, RedisStore, redis, testing};
+use presence_redis::{RedisConfig, RedisStore, testing};
 use tokio::runtime::Runtime;
 
 fn single(label: &str) -> RedisConfig {
@@ -44,51 +44,6 @@ fn store(rt: &Runtime, config: RedisConfig) -> Arc<RedisStore> {
     Arc::new(rt.block_on(RedisStore::connect(config)).unwrap())
 }
 
-/// The baseline's connection: one server's multiplexed connection, or the
-/// cluster client's.
-#[derive(Clone)]
-enum Plain {
-    Single(redis::aio::MultiplexedConnection),
-    Cluster(redis::cluster_async::ClusterConnection),
-}
-
-impl Plain {
-    async fn connect(config: &RedisConfig) -> Self {
-        if config.nodes.is_empty() {
-            let client = redis::Client::open(config.url.as_str()).unwrap();
-            Plain::Single(client.get_multiplexed_async_connection().await.unwrap())
-        } else {
-            let client = redis::cluster::ClusterClient::new(config.nodes.clone()).unwrap();
-            Plain::Cluster(client.get_async_connection().await.unwrap())
-        }
-    }
-
-    async fn query(&mut self, cmd: &redis::Cmd) {
-        let result = match self {
-            Plain::Single(c) => c.req_packed_command(cmd).await,
-            Plain::Cluster(c) => c.req_packed_command(cmd).await,
-        };
-        result.unwrap();
-    }
-
-    /// One join as plain commands, one at a time: the entry into the
-    /// topic's hash, then its time into the topic's sorted set.
-    async fn join(&mut self, prefix: &str, key: &PresenceKey) {
-        let now = presence_core::Clock::now(&presence_core::SystemClock).as_millis();
-        let field = format!("{}\0{}", key.member, key.connection);
-        let mut hset = redis::cmd("HSET");
-        hset.arg(format!("{prefix}{{{}}}e", key.topic))
-            .arg(&field)
-            .arg(format!("{now}:1:{{}}"));
-        self.query(&hset).await;
-        let mut zadd = redis::cmd("ZADD");
-        zadd.arg(format!("{prefix}{{{}}}s", key.topic))
-            .arg(now)
-            .arg(&field);
-        self.query(&zadd).await;
-    }
-}
-
 fn bench_joins(c: &mut Criterion, group: &str, config: RedisConfig) {
     let rt = runtime();
     let baseline_prefix = testing::unique_prefix("baseline");
@@ -96,11 +51,11 @@ fn bench_joins(c: &mut Criterion, group: &str, config: RedisConfig) {
     let own_connections: Vec<Plain> = rt.block_on(async {
         let mut connections = Vec::new();
         for _ in 0..64 {
-            connections.push(Plain::connect(&config).await);
+            connections.push(Plain::connect(&config.url, &config.nodes).await);
         }
         connections
     });
-    let shared_connection = vec![rt.block_on(Plain::connect(&config))];
+    let shared_connection = vec![rt.block_on(Plain::connect(&config.url, &config.nodes))];
     let ours = store(&rt, config);
     let next = AtomicUsize::new(0);
     let mut group = c.benchmark_group(group);
@@ -120,31 +75,7 @@ fn bench_joins(c: &mut Criterion, group: &str, config: RedisConfig) {
             group.bench_function(format!("{name}{suffix}"), |b| {
                 b.iter_custom(|iters| {
                     let keys = fresh_keys(&next, iters as usize, topics);
-                    let (plains, prefix) = (plains.clone(), baseline_prefix.clone());
-                    rt.block_on(async move {
-                        let chunk = keys.len().div_ceil(64).max(1);
-                        let start = Instant::now();
-                        let tasks: Vec<_> = keys
-                            .chunks(chunk)
-                            .enumerate()
-                            .map(|(i, share)| {
-                                let (mut plain, share, prefix) = (
-                                    plains[i % plains.len()].clone(),
-                                    share.to_vec(),
-                                    prefix.clone(),
-                                );
-                                tokio::spawn(async move {
-                                    for key in &share {
-                                        plain.join(&prefix, key).await;
-                                    }
-                                })
-                            })
-                            .collect();
-                        for task in tasks {
-                            task.await.unwrap();
-                        }
-                        start.elapsed()
-                    })
+                    rt.block_on(Plain::join_concurrently(plains, &baseline_prefix, &keys))
                 })
             });
         }

@@ -3,6 +3,8 @@
 
 use presence_core::{Meta, PresenceKey, PresenceStore};
 
+pub mod redis_baseline;
+
 /// The repository README's examples, compiled and run as doctests here (an
 /// unpublished crate of the workspace: the README is not in any package).
 #[cfg(doctest)]
