@@ -1,6 +1,7 @@
 //! `RedisConfig`: where the store connects and how it behaves.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +43,16 @@ pub struct RedisConfig {
     pub sweep_piece: usize,
     /// The most calls one batched script carries.
     pub max_batch: usize,
+    /// A PEM file of CA certificates to trust for `rediss://` instead of the
+    /// webpki roots: for a server (or cluster nodes) whose certificate a
+    /// private CA signed. The server's certificate must still name the host
+    /// of the URL. Read when the store is created; a file that cannot be
+    /// read or holds no certificate is refused, and so is this setting with
+    /// URLs or nodes that are not `rediss://` or without the `tls` feature.
+    /// [`RedisStore::from_client`](crate::RedisStore::from_client) does not
+    /// use it: the app's client carries its own trust (see
+    /// `redis::Client::build_with_tls`).
+    pub tls_root_cert: Option<PathBuf>,
 }
 
 impl RedisConfig {
@@ -59,6 +70,7 @@ impl RedisConfig {
             command_timeout: Duration::from_secs(5),
             sweep_piece: 1_000,
             max_batch: 1_000,
+            tls_root_cert: None,
         }
     }
 
@@ -119,6 +131,7 @@ impl fmt::Debug for RedisConfig {
             .field("command_timeout", &self.command_timeout)
             .field("sweep_piece", &self.sweep_piece)
             .field("max_batch", &self.max_batch)
+            .field("tls_root_cert", &self.tls_root_cert)
             .finish_non_exhaustive()
     }
 }
@@ -141,8 +154,10 @@ mod tests {
         assert_eq!(redact("redis://cache:6379"), "redis://cache:6379");
         let mut config = RedisConfig::new("redis://:hunter2@cache:6379");
         config.nodes = vec!["redis://u:hunter2@n1:7000".into()];
+        config.tls_root_cert = Some("/etc/presence/ca.pem".into());
         let shown = format!("{config:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("/etc/presence/ca.pem"), "{shown}");
     }
 
     #[test]

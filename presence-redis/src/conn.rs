@@ -21,7 +21,9 @@ pub(crate) const BACKEND: &str = "redis";
 #[derive(Clone)]
 pub(crate) enum Target {
     Single(Box<redis::Client>),
-    Cluster(Vec<String>),
+    /// The nodes, and the PEM of the CA certificates to trust instead of the
+    /// webpki roots (`tls_root_cert`).
+    Cluster(Vec<String>, Option<Vec<u8>>),
 }
 
 /// A call that did not finish in time.
@@ -105,20 +107,107 @@ pub(crate) fn resp3(client: &redis::Client) -> Result<redis::Client> {
     redis::Client::open(info.set_redis_settings(settings)).map_err(backend)
 }
 
+const ROOT_CERT: &str = "tls_root_cert";
+
+/// The contents of `config.tls_root_cert`, if set: refused (naming the field)
+/// without the `tls` feature, for `urls` that are not all TLS, or when the
+/// file cannot be read or holds no certificate.
+fn root_cert(config: &RedisConfig, urls: &[&str]) -> Result<Option<Vec<u8>>> {
+    match &config.tls_root_cert {
+        Some(path) => read_root_cert(path, urls).map(Some),
+        None => Ok(None),
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn read_root_cert(_: &std::path::Path, _: &[&str]) -> Result<Vec<u8>> {
+    Err(Error::invalid(
+        ROOT_CERT,
+        "needs the `tls` feature of presence-redis",
+    ))
+}
+
+#[cfg(feature = "tls")]
+fn read_root_cert(path: &std::path::Path, urls: &[&str]) -> Result<Vec<u8>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    if let Some(plain) = urls.iter().find(|url| !is_tls(url)) {
+        return Err(Error::invalid(
+            ROOT_CERT,
+            format!(
+                "is for rediss:// servers, and {} is not one",
+                crate::config::redact(plain)
+            ),
+        ));
+    }
+    let pem = std::fs::read(path).map_err(|e| {
+        Error::invalid(
+            ROOT_CERT,
+            format!("cannot be read ({}): {e}", path.display()),
+        )
+    })?;
+    // Counted as redis-rs reads them: other PEM sections (a key) are skipped.
+    let mut certificates = 0;
+    for certificate in CertificateDer::pem_slice_iter(&pem) {
+        certificate.map_err(|e| {
+            Error::invalid(ROOT_CERT, format!("is not PEM ({}): {e}", path.display()))
+        })?;
+        certificates += 1;
+    }
+    if certificates == 0 {
+        return Err(Error::invalid(
+            ROOT_CERT,
+            format!(
+                "holds no PEM certificate (-----BEGIN CERTIFICATE-----): {}",
+                path.display()
+            ),
+        ));
+    }
+    Ok(pem)
+}
+
+/// `client` trusting the CA certificates of `pem` instead of the webpki roots.
+#[cfg(feature = "tls")]
+fn trusting(client: &redis::Client, pem: &[u8]) -> Result<redis::Client> {
+    redis::Client::build_with_tls(
+        client.get_connection_info().clone(),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.to_vec()),
+        },
+    )
+    .map_err(|e| Error::invalid(ROOT_CERT, format!("is not usable: {e}")))
+}
+
+/// Makes sure rustls has a process-wide crypto provider before redis-rs
+/// builds a TLS client config (it panics without one): ring's, unless the
+/// app installed one of its own first.
+#[cfg(feature = "tls")]
+fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another install is fine: that one is in place.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
 impl Target {
     pub(crate) fn from_config(config: &RedisConfig) -> Result<Self> {
         if !config.nodes.is_empty() {
             for node in &config.nodes {
                 check_tls(node)?;
             }
-            return Ok(Target::Cluster(config.nodes.clone()));
+            let urls: Vec<&str> = config.nodes.iter().map(String::as_str).collect();
+            let root = root_cert(config, &urls)?;
+            return Self::cluster(config.nodes.clone(), root);
         }
         check_tls(&config.url)?;
         if let Some(nodes) = cluster_nodes(&config.url) {
             if nodes.is_empty() {
                 return Err(Error::invalid("url", "names no cluster node"));
             }
-            return Ok(Target::Cluster(nodes));
+            let root = root_cert(config, &[&config.url])?;
+            return Self::cluster(nodes, root);
         }
         let client = redis::Client::open(config.url.as_str()).map_err(|e| {
             Error::invalid(
@@ -129,15 +218,49 @@ impl Target {
                 ),
             )
         })?;
+        // Without the `tls` feature, `root_cert` refuses any setting.
+        let root = root_cert(config, &[&config.url])?;
+        #[cfg(feature = "tls")]
+        let client = match root {
+            Some(pem) => trusting(&client, &pem)?,
+            None => client,
+        };
+        #[cfg(not(feature = "tls"))]
+        let _ = root;
         Ok(Target::Single(Box::new(resp3(&client)?)))
     }
 
+    /// A cluster target; the CA certificates, if any, are checked here (with
+    /// the first node) so that a bad file is refused by its field's name.
+    fn cluster(nodes: Vec<String>, root: Option<Vec<u8>>) -> Result<Self> {
+        #[cfg(feature = "tls")]
+        if let (Some(pem), Some(first)) = (&root, nodes.first())
+            && let Ok(client) = redis::Client::open(first.as_str())
+        {
+            trusting(&client, pem)?;
+        }
+        Ok(Target::Cluster(nodes, root))
+    }
+
     pub(crate) fn is_cluster(&self) -> bool {
-        matches!(self, Target::Cluster(_))
+        matches!(self, Target::Cluster(..))
+    }
+
+    /// Whether connecting speaks TLS.
+    #[cfg(feature = "tls")]
+    fn uses_tls(&self) -> bool {
+        match self {
+            Target::Single(client) => matches!(
+                client.get_connection_info().addr(),
+                redis::ConnectionAddr::TcpTls { .. }
+            ),
+            Target::Cluster(nodes, root) => root.is_some() || nodes.iter().any(|n| is_tls(n)),
+        }
     }
 
     fn cluster_client(
         nodes: &[String],
+        root: Option<&[u8]>,
         config: &RedisConfig,
         push: Option<UnboundedSender<PushInfo>>,
     ) -> Result<ClusterClient> {
@@ -151,6 +274,15 @@ impl Target {
         if let Some(push) = push {
             builder = builder.push_sender(push);
         }
+        #[cfg(feature = "tls")]
+        if let Some(pem) = root {
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            });
+        }
+        #[cfg(not(feature = "tls"))]
+        let _ = root;
         builder.build().map_err(|e| {
             Error::invalid(
                 "nodes",
@@ -166,6 +298,10 @@ impl Target {
         push: Option<UnboundedSender<PushInfo>>,
     ) -> Result<Conn> {
         let after = config.connect_timeout;
+        #[cfg(feature = "tls")]
+        if self.uses_tls() {
+            ensure_crypto_provider();
+        }
         match self {
             Target::Single(client) => {
                 let mut settings = ConnectionManagerConfig::new()
@@ -186,8 +322,8 @@ impl Target {
                 .await?;
                 Ok(Conn::Single(manager))
             }
-            Target::Cluster(nodes) => {
-                let client = Self::cluster_client(nodes, config, push)?;
+            Target::Cluster(nodes, root) => {
+                let client = Self::cluster_client(nodes, root.as_deref(), config, push)?;
                 let settings = ClusterConfig::new()
                     .set_connection_timeout(config.connect_timeout)
                     .set_response_timeout(config.command_timeout);
@@ -254,6 +390,17 @@ mod tests {
             ["rediss://h1"]
         );
         assert!(cluster_nodes("redis://h1").is_none());
+    }
+
+    #[test]
+    fn tls_root_cert_is_refused_by_name() {
+        let mut config = RedisConfig::new("redis://localhost");
+        config.tls_root_cert = Some("/no/such/ca.pem".into());
+        let error = Target::from_config(&config).err().unwrap();
+        assert_eq!(error.invalid_field(), Some("tls_root_cert"), "{error}");
+        if !cfg!(feature = "tls") {
+            assert!(error.to_string().contains("`tls` feature"), "{error}");
+        }
     }
 
     #[test]

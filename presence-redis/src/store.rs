@@ -17,7 +17,7 @@ use presence_core::{
 
 use crate::batch::Batcher;
 use crate::config::{RedisConfig, redact};
-use crate::conn::{BACKEND, Conn, Target};
+use crate::conn::{BACKEND, Target};
 use crate::db::{
     Call, Db, IndexChange, JoinRequest, SWEEP_CONCURRENCY, element, load_scripts, random_token,
 };
@@ -522,7 +522,7 @@ impl PresenceStore for RedisStore {
 #[cfg(feature = "testing")]
 impl RedisStore {
     /// The store's command connection, for tests that write behind its back.
-    pub(crate) fn raw_connection(&self) -> Result<Conn> {
+    pub(crate) fn raw_connection(&self) -> Result<crate::conn::Conn> {
         self.db().conn()
     }
 

@@ -10,9 +10,12 @@
 //! files when the test process exits. Each test gets its own key prefix
 //! ([`unique_prefix`]). `PRESENCE_REQUIRE_REDIS=1` (CI sets it) makes a
 //! missing server fail the tests instead of skipping them.
+//!
+//! [`TlsServer`] starts a server that speaks only TLS, with a certificate
+//! from a throwaway CA, for the `rediss://` tests.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -161,7 +164,23 @@ pub struct Server {
     port: u16,
     dir: PathBuf,
     extra: Vec<String>,
+    /// Set when the server speaks only TLS on `port`.
+    tls: Option<TlsPaths>,
     child: Option<Child>,
+}
+
+/// The PEM files of a TLS server, in its directory.
+struct TlsPaths {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+}
+
+/// The PEM text of a TLS server's certificate, its key and its CA.
+struct TlsPems {
+    cert: String,
+    key: String,
+    ca: String,
 }
 
 impl Server {
@@ -172,14 +191,37 @@ impl Server {
 
     /// Starts a server on `port` with extra `redis-server` arguments.
     pub fn start_with(port: u16, extra: &[&str]) -> Result<Self, String> {
+        Self::create(port, extra, None)
+    }
+
+    /// Makes the server's directory (with the PEM files of `tls`, if any)
+    /// and starts it.
+    fn create(port: u16, extra: &[&str], tls: Option<TlsPems>) -> Result<Self, String> {
         let dir =
             std::env::temp_dir().join(format!("presence-redis-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let tls = match tls {
+            Some(pems) => {
+                let write = |name: &str, pem: &str| {
+                    let path = dir.join(name);
+                    std::fs::write(&path, pem)
+                        .map(|()| path)
+                        .map_err(|e| format!("{}: {e}", dir.join(name).display()))
+                };
+                Some(TlsPaths {
+                    cert: write("server.crt", &pems.cert)?,
+                    key: write("server.key", &pems.key)?,
+                    ca: write("ca.crt", &pems.ca)?,
+                })
+            }
+            None => None,
+        };
         let mut server = Self {
             port,
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls,
             child: None,
         };
         server.spawn()?;
@@ -188,9 +230,22 @@ impl Server {
 
     fn spawn(&mut self) -> Result<(), String> {
         let bin = binary()?;
-        // The watchdog shell ends the server once this process is gone.
+        let listen = match &self.tls {
+            None => format!("--port {}", self.port),
+            Some(tls) => format!(
+                "--port 0 --tls-port {} --tls-cert-file '{}' --tls-key-file '{}' \
+                 --tls-ca-cert-file '{}' --tls-auth-clients no",
+                self.port,
+                tls.cert.display(),
+                tls.key.display(),
+                tls.ca.display()
+            ),
+        };
+        // The watchdog shell ends the server once this process is gone, and
+        // then removes its directory (a server kept for the whole process
+        // is never dropped).
         let mut args = vec![
-            format!("--port {}", self.port),
+            listen,
             "--bind 127.0.0.1".into(),
             "--save ''".into(),
             if DURABLE.load(Ordering::Relaxed) {
@@ -203,12 +258,15 @@ impl Server {
         ];
         args.extend(self.extra.iter().cloned());
         let script = format!(
-            "'{bin}' {args} > '{log}' 2>&1 & pid=$!; \
+            "'{bin}' {args} > '{log}' 2>&1 & pid=$!; echo $pid > '{pidfile}'; \
              while [ -d /proc/{parent} ] && kill -0 $pid 2>/dev/null; do sleep 1; done; \
-             kill -9 $pid 2>/dev/null; wait $pid",
+             kill -9 $pid 2>/dev/null; wait $pid; \
+             [ -d /proc/{parent} ] || rm -rf '{dir}'",
             bin = bin.display(),
             args = args.join(" "),
             log = self.dir.join("server.log").display(),
+            pidfile = self.dir.join("server.pid").display(),
+            dir = self.dir.display(),
             parent = std::process::id(),
         );
         let child = Command::new("sh")
@@ -222,10 +280,43 @@ impl Server {
         self.wait_ready()
     }
 
+    /// The `redis-cli` arguments that reach this server.
+    fn cli_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "-h".to_owned(),
+            "127.0.0.1".to_owned(),
+            "-p".to_owned(),
+            self.port.to_string(),
+        ];
+        if let Some(tls) = &self.tls {
+            args.extend([
+                "--tls".to_owned(),
+                "--cacert".to_owned(),
+                tls.ca.display().to_string(),
+            ]);
+        }
+        args
+    }
+
+    /// Whether the server answers PING (over TLS when it speaks TLS).
+    fn answers(&self) -> bool {
+        if self.tls.is_none() {
+            return ping(self.port);
+        }
+        let mut args = self.cli_args();
+        args.push("PING".into());
+        Command::new("redis-cli")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "PONG")
+    }
+
     fn wait_ready(&self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if ping(self.port) {
+            if self.answers() {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -236,7 +327,12 @@ impl Server {
 
     /// The server's URL.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Its port.
@@ -247,12 +343,28 @@ impl Server {
     /// Stops the server at once (`kill -9` of its watchdog group) without
     /// saving: what a crash or a restart without persistence loses.
     pub fn stop(&mut self) {
+        let mut args = self.cli_args();
+        args.extend(["shutdown".into(), "nosave".into()]);
         let _ = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "shutdown", "nosave"])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
         if let Some(mut child) = self.child.take() {
+            // The watchdog ends with the server; should the shutdown not have
+            // reached it, the server is killed rather than waited for forever.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if matches!(child.try_wait(), Ok(None))
+                && let Ok(pid) = std::fs::read_to_string(self.dir.join("server.pid"))
+            {
+                let _ = Command::new("kill")
+                    .args(["-9", pid.trim()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
             let _ = child.wait();
         }
     }
@@ -269,6 +381,93 @@ impl Drop for Server {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A throwaway `redis-server` that speaks only TLS (`--port 0 --tls-port`),
+/// with a server certificate signed by a CA made for it alone (by `rcgen`),
+/// and no client certificates asked for. Its PEM files live in its
+/// directory; it is stopped like a [`Server`].
+pub struct TlsServer {
+    server: Server,
+}
+
+impl TlsServer {
+    /// Starts one whose certificate names `localhost` and `127.0.0.1`.
+    pub fn start() -> Result<Self, String> {
+        Self::start_for(&["localhost", "127.0.0.1"])
+    }
+
+    /// Starts one whose certificate names `names` (host names or IP
+    /// addresses) and nothing else.
+    pub fn start_for(names: &[&str]) -> Result<Self, String> {
+        let pems = certificates(names).map_err(|e| format!("cannot make certificates: {e}"))?;
+        Ok(Self {
+            server: Server::create(free_port()?, &[], Some(pems))?,
+        })
+    }
+
+    /// `rediss://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        self.url_via("127.0.0.1")
+    }
+
+    /// `rediss://HOST:PORT/`: the server reached by another name for it.
+    pub fn url_via(&self, host: &str) -> String {
+        format!("rediss://{host}:{}/", self.server.port)
+    }
+
+    /// Its port: TLS only, no plaintext port is open.
+    pub fn port(&self) -> u16 {
+        self.server.port
+    }
+
+    /// The PEM file of the CA that signed the server's certificate, for
+    /// [`RedisConfig::tls_root_cert`].
+    pub fn ca_file(&self) -> &Path {
+        &self.server.tls.as_ref().expect("a TLS server").ca
+    }
+
+    /// The CA's PEM text.
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.ca_file()).expect("the CA file of a running TLS server")
+    }
+}
+
+/// A started [`TlsServer`] whose certificate names `names`; `None` (after a
+/// loud message) when none can start here, unless `PRESENCE_REQUIRE_REDIS=1`
+/// makes that fail the test.
+pub fn tls_server(names: &[&str]) -> Option<TlsServer> {
+    match binary().and_then(|_| TlsServer::start_for(names)) {
+        Ok(server) => Some(server),
+        Err(why) if required() => panic!("Redis TLS tests cannot run: {why}"),
+        Err(why) => {
+            eprintln!("SKIPPED: Redis TLS tests cannot run here: {why}");
+            None
+        }
+    }
+}
+
+/// A new CA, and a certificate it signed for `names`, with the key.
+fn certificates(names: &[&str]) -> Result<TlsPems, rcgen::Error> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "presence-redis test CA");
+    let ca_pem = ca.self_signed(&ca_key)?.pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate()?;
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+    if let Some(first) = names.first() {
+        params.distinguished_name.push(DnType::CommonName, *first);
+    }
+    Ok(TlsPems {
+        cert: params.signed_by(&key, &issuer)?.pem(),
+        key: key.serialize_pem(),
+        ca: ca_pem,
+    })
 }
 
 /// Whether a server answers PING on `port`, over a plain socket.
@@ -426,6 +625,26 @@ pub mod damage {
             .arg(topic.as_str());
         let mut conn = store.raw_connection().expect("an open store");
         let _: Value = pipe.query_async(&mut conn).await.expect("planting a row");
+    }
+}
+
+/// `CLIENT LIST` as the server answers it on `store`'s command connection:
+/// one line per client, with its address (`addr`), the server's address it
+/// connected to (`laddr`) and its subscriptions (`sub`, `ssub`).
+pub async fn client_list(store: &crate::RedisStore) -> presence_core::Result<String> {
+    let mut conn = store.raw_connection()?;
+    let value: redis::Value = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .map_err(crate::conn::backend)?;
+    match value {
+        redis::Value::BulkString(text) => Ok(String::from_utf8_lossy(&text).into_owned()),
+        redis::Value::VerbatimString { text, .. } | redis::Value::SimpleString(text) => Ok(text),
+        other => Err(presence_core::Error::backend(
+            crate::conn::BACKEND,
+            format!("CLIENT LIST answered {other:?}"),
+        )),
     }
 }
 
