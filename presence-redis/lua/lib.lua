@@ -138,67 +138,85 @@ end
 -- fields' last_seen_at, aligned with them (else read).
 local function remove(t, fields, kind, scores)
   local e, s = group(t)
-  -- The fields by member, members in order of first appearance.
-  local wanted, order, unique, unique_scores = {}, {}, {}, {}
+  -- Each field split once: its connection and score by position; the
+  -- members in order of first appearance, each with the position of its
+  -- first field (and of its others, when it has more than one).
+  local members, first, others = {}, {}, {}
+  local field_at, connection_at, score_at = {}, {}, {}
+  local repeated = not scores and {}
+  local n = 0
   for j, f in ipairs(fields) do
-    local member, connection = split(f)
-    local of = wanted[member]
-    if not of then
-      of = {}
-      wanted[member] = of
-      order[#order + 1] = member
-    end
-    if not of[connection] then
-      of[connection] = f
-      unique[#unique + 1] = f
+    if not (repeated and repeated[f]) then
+      if repeated then
+        repeated[f] = true
+      end
+      local member, connection = split(f)
+      n = n + 1
+      field_at[n], connection_at[n] = f, connection
       if scores then
-        unique_scores[f] = scores[j]
+        score_at[n] = scores[j]
+      end
+      if not first[member] then
+        first[member] = n
+        members[#members + 1] = member
+      else
+        local more = others[member]
+        if not more then
+          more = {}
+          others[member] = more
+        end
+        more[#more + 1] = n
       end
     end
   end
-  if #unique == 0 then
+  if n == 0 then
     return
   end
   if not scores then
-    for from = 1, #unique, 1000 do
-      local piece = piece_of(unique, from)
+    for from = 1, n, 1000 do
+      local piece = piece_of(field_at, from)
       local found = redis.call('ZMSCORE', s, unpack(piece))
-      for j, f in ipairs(piece) do
-        unique_scores[f] = found[j]
+      for k = 1, #piece do
+        score_at[from + k - 1] = found[k]
       end
     end
   end
-  local flat, n = {}, 0
+  local flat, departures = {}, 0
   local gone, kept = {}, {}
   local members_left = redis.call('HLEN', e)
-  for from = 1, #order, 1000 do
-    local piece = piece_of(order, from)
+  for from = 1, #members, 1000 do
+    local piece = piece_of(members, from)
     local values = redis.call('HMGET', e, unpack(piece))
-    for j, member in ipairs(piece) do
-      local value = values[j]
+    for k, member in ipairs(piece) do
+      local value = values[k]
       if value then
-        local of = wanted[member]
+        local p = first[member]
         local cut = string.find(value, '\0', 1, true)
-        local single = cut and not string.find(value, '\0', cut + 1, true)
-        local connection = cut and string.sub(value, 1, cut - 1)
-        if single and of[connection] then
-          -- The member's only connection goes (no parsing).
-          local k = #flat
-          flat[k + 1], flat[k + 2], flat[k + 3] = of[connection], string.sub(value, cut + 1), unique_scores[of[connection]] or '0'
-          n = n + 1
+        if cut and not others[member] and not string.find(value, '\0', cut + 1, true)
+          and string.sub(value, 1, cut - 1) == connection_at[p] then
+          -- The member's only connection goes (no parsing): the member and
+          -- its value make "member\0connection\0record".
+          local at = #flat
+          flat[at + 1], flat[at + 2], flat[at + 3] = member, value, score_at[p] or '0'
+          departures = departures + 1
           gone[#gone + 1] = member
         else
+          local wanted = { [connection_at[p]] = p }
+          for _, q in ipairs(others[member] or {}) do
+            wanted[connection_at[q]] = q
+          end
           local list = records(value)
           local left = {}
-          for k = 1, #list, 2 do
-            local f = of[list[k]]
-            if f then
+          for r = 1, #list, 2 do
+            local q = wanted[list[r]]
+            if q then
+              wanted[list[r]] = nil
               local at = #flat
-              flat[at + 1], flat[at + 2], flat[at + 3] = f, list[k + 1] or '', unique_scores[f] or '0'
-              n = n + 1
+              flat[at + 1], flat[at + 2], flat[at + 3] = field_at[q], list[r + 1] or '', score_at[q] or '0'
+              departures = departures + 1
             else
-              left[#left + 1] = list[k]
-              left[#left + 1] = list[k + 1] or ''
+              left[#left + 1] = list[r]
+              left[#left + 1] = list[r + 1] or ''
             end
           end
           if #left == 0 then
@@ -218,8 +236,8 @@ local function remove(t, fields, kind, scores)
     scope = 'A'
     redis.call('UNLINK', e, s)
   else
-    for from = 1, #unique, 1000 do
-      redis.call('ZREM', s, unpack(piece_of(unique, from)))
+    for from = 1, n, 1000 do
+      redis.call('ZREM', s, unpack(piece_of(field_at, from)))
     end
     for from = 1, #gone, 1000 do
       redis.call('HDEL', e, unpack(piece_of(gone, from)))
@@ -231,8 +249,8 @@ local function remove(t, fields, kind, scores)
       flat[#flat + 1] = member
     end
   end
-  if n > 0 then
-    events[t] = { 'R' .. kind .. scope .. n .. '\0' .. table.concat(flat, '\0') }
+  if departures > 0 then
+    events[t] = { 'R' .. kind .. scope .. departures .. '\0' .. table.concat(flat, '\0') }
   end
 end
 
