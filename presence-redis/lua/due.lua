@@ -1,7 +1,7 @@
 #!lua flags=no-writes,allow-cross-slot-keys
 -- due.lua: the topics of some buckets that may hold entries last seen
 -- before a time (their index score is a lower bound of their oldest entry).
--- KEYS[1]: the first bucket index (i zset, see lib.lua); it routes the call
+-- KEYS[1]: the first bucket index (the i zset, see lib.lua); it routes the call
 -- ARGV[1]: older_than (ms, exclusive); ARGV[2]: the most topics per bucket;
 --   ARGV[3..]: the bucket indexes to read, the first one included. On a
 --   cluster these are of buckets one node serves, read across slots; if the

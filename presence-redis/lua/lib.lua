@@ -2,13 +2,13 @@
 --
 -- A topic's keys come in groups of four, at KEYS[4*(t-1)+1 .. 4*t] for the
 -- t-th topic of a call, all under the topic's bucket hash tag:
---   e  hash   member -> its connections in the topic: NUL-separated pairs
+--   e  hash   (named h:topic) member -> its connections in the topic: NUL-separated pairs
 --             of connection and "joined_at:token:meta" (a record); HLEN is
 --             the number of members
---   s  zset   member\0connection scored by last_seen_at (ms); ZCARD is the
+--   s  zset   (named l:topic) member\0connection scored by last_seen_at (ms); ZCARD is the
 --             number of connections
 --   v         the topic's pub/sub channel
---   i  zset   the bucket's topics scored by a lower bound of their oldest
+--   i  zset   (named n, per bucket) the bucket's topics scored by a lower bound of their oldest
 --             last_seen_at (the index sweep_all reads)
 -- Ids, meta and records hold no NUL. Timestamps and tokens travel as
 -- decimal strings and are stored as given.

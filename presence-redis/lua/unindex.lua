@@ -1,7 +1,7 @@
 -- unindex.lua: removes (or re-points) members' index elements, each only
 -- while it still carries the token it was read with, so an element a newer
 -- join wrote is never lost.
--- KEYS: member indexes (u zsets, see index.lua)
+-- KEYS: member indexes (w: zsets, see index.lua)
 -- ARGV[1]: "1" when every change removes its element (pairs below), else
 --   "0" (triples)
 -- then per key: its number, n (at most 1,000), and n changes: the element

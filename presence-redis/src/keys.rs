@@ -3,10 +3,11 @@
 //! and a script may touch them all; a member's index carries its member's
 //! bucket tag.
 //!
-//! A bucket is the FNV-1a hash of the id modulo [`BUCKETS`]; its tag is the
-//! bucket's number (`{417}`). Ids go after the tag as they are (Redis keys
-//! are binary-safe, and only the first `{...}` of a key is its tag), so no
-//! topic, however many braces it holds, can move its keys apart.
+//! A bucket is a hash of the id (its bytes, times 31 each step, modulo
+//! 1,000,003) modulo [`BUCKETS`]; its tag is the bucket's number (`{417}`).
+//! Ids go after the tag as they are (Redis keys are binary-safe, and only
+//! the first `{...}` of a key is its tag), so no topic, however many braces
+//! it holds, can move its keys apart.
 
 use presence_core::{Error, MemberId, Result, Topic};
 
@@ -71,14 +72,21 @@ impl Keys {
         }
     }
 
-    /// `e`, `s`, the channel `v` and the bucket index `i` of a topic (see
-    /// `lua/lib.lua`).
+    /// `e` (named `h:`), `s` (named `l:`), the channel `v` and the bucket
+    /// index `i` (named `n`) of a topic (see `lua/lib.lua`). Every data
+    /// key's name changes with the storage format (this one's entries are
+    /// keyed by member; the format before it named its keys `e:`, `s:`,
+    /// `c:`, `m:`, `i` and `u:`), so a store never misreads or sweeps
+    /// another format's keys: during a rolling upgrade each version sees
+    /// only the members joined through its own version (see
+    /// `docs/contract.md`, "Storage format"). Event messages keep one
+    /// format.
     pub(crate) fn topic(&self, topic: &Topic) -> TopicKeys {
         let b = bucket(topic);
         let p = &self.prefix;
         [
-            format!("{p}{{{b}}}e:{topic}"),
-            format!("{p}{{{b}}}s:{topic}"),
+            format!("{p}{{{b}}}h:{topic}"),
+            format!("{p}{{{b}}}l:{topic}"),
             self.channel(topic),
             self.index(b),
         ]
@@ -87,7 +95,7 @@ impl Keys {
     /// The `s` zset of a topic (last_seen_at of its entries), which
     /// `touch` writes with plain commands.
     pub(crate) fn last_seen(&self, topic: &Topic) -> String {
-        format!("{}{{{}}}s:{topic}", self.prefix, bucket(topic))
+        format!("{}{{{}}}l:{topic}", self.prefix, bucket(topic))
     }
 
     /// The pub/sub channel of a topic.
@@ -106,12 +114,12 @@ impl Keys {
 
     /// A bucket's index of topics (sweep_all).
     pub(crate) fn index(&self, bucket: u32) -> String {
-        format!("{}{{{bucket}}}i", self.prefix)
+        format!("{}{{{bucket}}}n", self.prefix)
     }
 
     /// A member's index: `connection\0topic` scored by the entry's token.
     pub(crate) fn member(&self, member: &MemberId) -> String {
-        format!("{}{{{}}}u:{member}", self.prefix, bucket(member))
+        format!("{}{{{}}}w:{member}", self.prefix, bucket(member))
     }
 }
 
