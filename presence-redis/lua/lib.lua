@@ -41,21 +41,6 @@ local function split(field)
   return string.sub(field, 1, cut - 1), string.sub(field, cut + 1)
 end
 
--- A member's value as a list {connection, record, connection, record, ...}
--- (a damaged value may end with a connection without its record).
-local function records(value)
-  local list, from = {}, 1
-  while true do
-    local cut = string.find(value, '\0', from, true)
-    if not cut then
-      list[#list + 1] = string.sub(value, from)
-      return list
-    end
-    list[#list + 1] = string.sub(value, from, cut - 1)
-    from = cut + 1
-  end
-end
-
 -- The position of `connection` in a records list (odd), or nil.
 local function position(list, connection)
   for k = 1, #list, 2 do

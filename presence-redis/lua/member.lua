@@ -3,8 +3,8 @@
 -- ARGV[1]: the member
 -- Returns flat triples as members.lua does.
 local value = redis.call('HGET', KEYS[1], ARGV[1])
-local fields, records = {}, {}
+local fields, found = {}, {}
 if value then
-  entries(ARGV[1], value, fields, records)
+  entries(ARGV[1], value, fields, found)
 end
-return triples(KEYS[2], fields, records)
+return triples(KEYS[2], fields, found)

@@ -1,6 +1,6 @@
-//! The Lua scripts, compiled in. Writing scripts start with `lua/lib.lua`;
-//! the scripts reading entries with a `no-writes` flags line and
-//! `lua/entries.lua`.
+//! The Lua scripts, compiled in. Writing scripts start with `lua/value.lua`
+//! and `lua/lib.lua`; the scripts reading entries with a `no-writes` flags
+//! line, `lua/value.lua` and `lua/entries.lua`.
 
 use std::sync::LazyLock;
 
@@ -8,7 +8,11 @@ use redis::Script;
 
 macro_rules! with_lib {
     ($file:literal) => {
-        concat!(include_str!("../lua/lib.lua"), include_str!($file))
+        concat!(
+            include_str!("../lua/value.lua"),
+            include_str!("../lua/lib.lua"),
+            include_str!($file)
+        )
     };
 }
 
@@ -16,6 +20,7 @@ macro_rules! reading_entries {
     ($file:literal) => {
         concat!(
             "#!lua flags=no-writes\n",
+            include_str!("../lua/value.lua"),
             include_str!("../lua/entries.lua"),
             include_str!($file)
         )
