@@ -243,7 +243,13 @@ impl Db {
                         continue;
                     }
                     for (i, row) in members.into_iter().zip(rows) {
-                        let row = wire::array(row);
+                        let row = match row {
+                            Ok(row) => wire::array(row),
+                            Err(error) => {
+                                outcomes[i] = Some(Err(error));
+                                continue;
+                            }
+                        };
                         let parsed = match row.as_slice() {
                             [outcome, joined, first, token] => wire::bytes(outcome)
                                 .zip(wire::int(joined))
@@ -349,8 +355,13 @@ impl Db {
     /// The join script's rows for the requests at `positions`, in order:
     /// one call. On a cluster, a call spanning several buckets that the
     /// node refuses (a stale slot map: it changed nothing, see join.lua)
-    /// is made again bucket by bucket.
-    async fn join_rows(&self, requests: &[JoinRequest], positions: &[usize]) -> Result<Vec<Value>> {
+    /// is made again bucket by bucket, each bucket's joins getting that
+    /// call's rows or its error.
+    async fn join_rows(
+        &self,
+        requests: &[JoinRequest],
+        positions: &[usize],
+    ) -> Result<Vec<Result<Value>>> {
         let first = bucket(&requests[positions[0]].key.topic);
         let spread = self.cluster
             && positions
@@ -358,7 +369,7 @@ impl Db {
                 .any(|&i| bucket(&requests[i].key.topic) != first);
         let call = self.join_call(requests, positions, spread);
         match self.run("join", &SCRIPTS.join, call).await {
-            Ok(rows) => Ok(wire::array(rows)),
+            Ok(rows) => Ok(wire::array(rows).into_iter().map(Ok).collect()),
             Err(error) if spread && not_local(&error) => {
                 tracing::debug!(error = %error.chain(), "a join call grouped by node was refused; joining bucket by bucket");
                 self.shards.invalidate();
@@ -375,14 +386,23 @@ impl Db {
                     let rows = self.run("join", &SCRIPTS.join, call).await;
                     (ats, rows)
                 });
-                let mut rows = vec![Value::Nil; positions.len()];
+                let mut rows: Vec<Result<Value>> = (0..positions.len())
+                    .map(|_| Err(Error::backend(BACKEND, Malformed("join"))))
+                    .collect();
                 for (ats, answer) in join_all(calls).await {
-                    let answer = wire::array(answer?);
-                    if answer.len() != ats.len() {
-                        return Err(Error::backend(BACKEND, Malformed("join")));
-                    }
-                    for (at, row) in ats.into_iter().zip(answer) {
-                        rows[at] = row;
+                    match answer.map(wire::array) {
+                        Ok(answer) if answer.len() == ats.len() => {
+                            for (at, row) in ats.into_iter().zip(answer) {
+                                rows[at] = Ok(row);
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            let error = error.share();
+                            for at in ats {
+                                rows[at] = Err(error.error());
+                            }
+                        }
                     }
                 }
                 Ok(rows)
